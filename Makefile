@@ -1,0 +1,52 @@
+# corral: `make run` sets everything up and starts the main job; `make test` sets up and runs every test.
+# Both are idempotent: each step is skipped when what it makes is already there.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+APT_PACKAGES := bubblewrap socat git hyperfine libseccomp2 procps
+
+.PHONY: setup system venv run test test-unit test-security lint bench clean
+
+setup: system venv
+
+system:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+run: setup
+	$(VENV)/bin/corral doctor
+	$(VENV)/bin/corral sandbox run --memory 512M --pids 256 --timeout 30s -- sh -c 'echo "hello from $$(hostname): uid $$(id -u), network: $$(cat /proc/net/dev | tail -n +3 | cut -d: -f1 | xargs)"'
+
+test: setup
+	$(VENV)/bin/pytest
+
+test-unit: setup
+	$(VENV)/bin/pytest tests/unit
+
+test-security: setup
+	$(VENV)/bin/pytest tests/security
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,173 @@
+"""``corral doctor``: a real capability probe, one line per capability, with the remedy for each gap.
+
+It does not trust version strings: it starts a real sandbox through the same code path as every
+run (user and network namespaces, a new /proc, the seccomp filter, cgroups, the host uid) and
+reads back from inside what the kernel actually gave it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from corral.errors import CorralError
+from corral.settings import Settings
+
+__all__ = ["Check", "run_checks"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    remedy: str = ""
+    required: bool = True
+    """A failed required check means sandboxes cannot run here."""
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def userns_remedy() -> str:
+    """Why unprivileged user namespaces may be off here, and the switch that turns them on."""
+    if _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
+        return (
+            "AppArmor restricts unprivileged user namespaces (Ubuntu 23.10+): run "
+            "'sysctl -w kernel.apparmor_restrict_unprivileged_userns=0', or install an AppArmor profile for bwrap"
+        )
+    if _read("/proc/sys/kernel/unprivileged_userns_clone") == "0":
+        return "run 'sysctl -w kernel.unprivileged_userns_clone=1'"
+    if _read("/proc/sys/user/max_user_namespaces") == "0":
+        return "run 'sysctl -w user.max_user_namespaces=15000'"
+    return "check that the kernel allows unprivileged user namespaces (CONFIG_USER_NS) and that no LSM blocks bwrap"
+
+
+def _uid_of(pid: int) -> int:
+    try:
+        return Path(f"/proc/{pid}").stat().st_uid
+    except OSError:
+        return -1
+
+
+def _status_field(status: str, key: str) -> str:
+    for line in status.splitlines():
+        if line.startswith(f"{key}:"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    checks: list[Check] = []
+    bwrap = shutil.which(settings.bwrap)
+    if bwrap is None:
+        checks.append(
+            Check(
+                "bubblewrap",
+                False,
+                f"{settings.bwrap!r} not found on PATH",
+                "apt-get install --no-install-recommends bubblewrap (or dnf/pacman install bubblewrap)",
+            )
+        )
+        return checks
+    version = subprocess.run([bwrap, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    checks.append(Check("bubblewrap", True, f"{version} at {bwrap}"))
+
+    from corral.sandbox import cgroups, seccomp
+
+    try:
+        seccomp.load_bpf(settings.home / "cache")
+        checks.append(Check("seccomp", True, f"{len(seccomp.DEFAULT_RULES)} rules compiled to BPF"))
+    except CorralError as err:
+        checks.append(Check("seccomp", False, str(err), "apt-get install libseccomp2; pip install pyseccomp"))
+        return checks
+
+    driver = cgroups.detect()
+    if driver.available:
+        roles = ", ".join(sorted(driver.bases))
+        checks.append(
+            Check("cgroups", True, f"v{driver.version} ({roles}); memory, pids and cpu limits enforced", required=False)
+        )
+    else:
+        checks.append(
+            Check(
+                "cgroups",
+                False,
+                f"limits unavailable: {driver.note}",
+                "run corral as root, or on cgroup v2 give it a delegated group; sandboxes still run, "
+                "without memory, pids and cpu limits",
+                required=False,
+            )
+        )
+    checks.extend(_probe_sandbox(settings))
+    return checks
+
+
+def _probe_sandbox(settings: Settings) -> list[Check]:
+    from corral.sandbox.bwrap import BwrapSandbox
+    from corral.sandbox.spec import Limits, SandboxSpec
+
+    script = "cat /proc/self/status; echo @@; cat /proc/net/dev"
+    host_uids: list[int] = []
+    with tempfile.TemporaryDirectory(prefix="corral-doctor-") as tmp:
+        spec = SandboxSpec(("sh", "-c", script), Path(tmp), limits=Limits(memory=256 << 20, pids=64, timeout=10))
+        try:
+            result = BwrapSandbox(settings).run(spec, on_start=lambda proc: host_uids.append(_uid_of(proc.pid)))
+        except CorralError as err:
+            return [Check("sandbox", False, str(err), userns_remedy())]
+    if result.exit_code != 0:
+        detail = result.stderr.decode(errors="replace").strip() or f"exit {result.exit_code}"
+        return [Check("user namespaces", False, detail, userns_remedy())]
+    status, net_dev = result.stdout.decode(errors="replace").split("@@\n")
+    host_uid = host_uids[0] if host_uids else -1
+    interfaces = [line.split(":")[0].strip() for line in net_dev.splitlines()[2:]]
+    checks = [
+        Check("user namespaces", True, f"uid {_status_field(status, 'Uid').split()[0]} inside"),
+        Check(
+            "unprivileged host uid",
+            host_uid > 0,
+            f"the sandbox runs as host uid {host_uid}",
+            "corral must never map a sandbox onto host root; report this as a bug",
+        ),
+        Check(
+            "network namespace",
+            interfaces == ["lo"],
+            f"interfaces inside: {', '.join(interfaces) or 'none'}",
+            "the kernel must support network namespaces (CONFIG_NET_NS)",
+        ),
+        Check("proc", bool(_status_field(status, "Pid")), "a new /proc is mounted"),
+        Check(
+            "no capabilities",
+            _status_field(status, "CapEff") == "0000000000000000",
+            f"CapEff {_status_field(status, 'CapEff')}, NoNewPrivs {_status_field(status, 'NoNewPrivs')}",
+        ),
+        Check(
+            "seccomp filter",
+            _status_field(status, "Seccomp") == "2",
+            f"seccomp mode {_status_field(status, 'Seccomp')} in the sandbox",
+            "the kernel must support seccomp filters (CONFIG_SECCOMP_FILTER)",
+        ),
+    ]
+    if result.limits_enforced:
+        peak = result.peak_memory or 0
+        checks.append(
+            Check(
+                "cgroup limits",
+                True,
+                f"a sandbox group was created, limited and removed (peak {peak} bytes)",
+                required=False,
+            )
+        )
+    return checks
+
+
+def is_ready(checks: list[Check]) -> bool:
+    """Whether sandboxes can run here: every required check passed."""
+    return all(check.ok for check in checks if check.required)

@@ -1,0 +1,271 @@
+"""The bubblewrap backend: the argv as a pure function, and the run that wires it up.
+
+One run takes a slot (the host uid and cgroup names), creates the cgroups, hands the workspace
+to the sandbox uid when corral is root, starts bwrap with the seccomp program on an fd, pumps
+its output, and then undoes all of it in reverse, whatever happened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from corral.errors import CommandNotFoundError, SandboxUnavailableError, UsageError
+from corral.sandbox import cgroups, paths, seccomp, slots
+from corral.sandbox.process import OutputSink, Supervised, TailBuffer
+from corral.sandbox.spec import SANDBOX_HOME, Reason, RunResult, SandboxSpec, Violation
+from corral.settings import Settings
+
+__all__ = ["BwrapSandbox", "build_argv", "resolve_command"]
+
+OOM_EXIT = 137
+TIMEOUT_EXIT = 124
+
+
+def build_argv(
+    spec: SandboxSpec,
+    layout: paths.Layout,
+    *,
+    bwrap: str = "bwrap",
+    seccomp_fd: int | None = None,
+    cwd: Path | None = None,
+) -> list[str]:
+    """The complete bwrap command line for ``spec`` (pure: no I/O)."""
+    workspace = str(spec.workspace)
+    argv = [
+        bwrap,
+        "--unshare-all",
+        "--unshare-user",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--uid",
+        str(spec.uid),
+        "--gid",
+        str(spec.gid),
+        "--hostname",
+        spec.hostname,
+    ]
+    for system_path, target in layout.system:
+        argv += ["--symlink", target, system_path] if target is not None else ["--ro-bind", system_path, system_path]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run", "--tmpfs", SANDBOX_HOME]
+    for bind in map(str, spec.ro_binds):
+        argv += ["--ro-bind", bind, bind]
+    argv += ["--bind", workspace, workspace]
+    for pin in map(str, layout.pinned):
+        argv += ["--bind", pin, pin]
+    for protected in map(str, layout.protected):
+        argv += ["--ro-bind", protected, protected]
+    for mask, is_dir in layout.masks:
+        argv += ["--tmpfs", str(mask), "--remount-ro", str(mask)] if is_dir else ["--ro-bind", "/dev/null", str(mask)]
+    argv += ["--remount-ro", "/", "--chdir", str(cwd or spec.cwd or spec.workspace)]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
+    return [*argv, "--", *spec.command]
+
+
+def resolve_command(spec: SandboxSpec, visible: Sequence[Path]) -> str:
+    """Check that the command exists inside the sandbox, as the sandbox's PATH would find it."""
+    name = spec.command[0]
+    cwd = spec.cwd or spec.workspace
+    path_dirs = spec.full_env()["PATH"].split(":")
+    candidates = [cwd / name] if "/" in name else [Path(d) / name for d in path_dirs if d.startswith("/")]
+    for candidate in candidates:
+        if (
+            any(candidate.is_relative_to(tree) for tree in visible)
+            and os.access(candidate, os.X_OK)
+            and not candidate.is_dir()
+        ):
+            return str(candidate)
+    msg = (
+        f"The command {name!r} does not exist inside the sandbox (searched {', '.join(map(str, candidates))}); "
+        f"give its full path, or make its directory visible with --ro DIR."
+    )
+    raise CommandNotFoundError(msg)
+
+
+@dataclasses.dataclass
+class BwrapSandbox:
+    """Runs sandboxed commands with bubblewrap on this host."""
+
+    settings: Settings
+    driver: cgroups.CgroupDriver = dataclasses.field(default_factory=cgroups.detect)
+
+    @property
+    def is_root(self) -> bool:
+        return os.geteuid() == 0
+
+    def secrets(self) -> list[Path]:
+        return [self.settings.home, self.settings.runtime]
+
+    def check(self, spec: SandboxSpec) -> None:
+        """Refuse a spec that cannot run, before anything is started."""
+        if not spec.command:
+            msg = "No command was given to run in the sandbox; put it after --, as in: corral sandbox run -- ls -la."
+            raise UsageError(msg)
+        if spec.uid == 0 or spec.gid == 0:
+            msg = (
+                f"The sandbox uid/gid {spec.uid}/{spec.gid} would be root inside; use an unprivileged id such as 1000."
+            )
+            raise UsageError(msg)
+        if shutil.which(self.settings.bwrap) is None:
+            msg = (
+                f"bubblewrap ({self.settings.bwrap!r}) is not installed; install it "
+                f"(apt-get install --no-install-recommends bubblewrap) and run corral doctor."
+            )
+            raise SandboxUnavailableError(msg)
+
+    def run(
+        self,
+        spec: SandboxSpec,
+        *,
+        on_output: OutputSink | None = None,
+        stdin: int | None = None,
+        on_start: Callable[[Supervised], None] | None = None,
+    ) -> RunResult:
+        """Run ``spec`` to its end and report how it ended."""
+        self.check(spec)
+        layout = paths.plan_layout(spec, self.secrets(), paths.find_protected(spec.workspace))
+        visible = [Path(p) for p, _ in layout.system] + [spec.workspace, *spec.ro_binds]
+        resolve_command(spec, visible)
+        program = seccomp.load_bpf(self.settings.home / "cache")
+        slot = slots.acquire(self.settings.runtime, self.settings.sandbox_slots)
+        try:
+            self._reap_slot(slot)
+            return self._run_in_slot(spec, layout, program, slot, on_output, stdin, on_start)
+        finally:
+            slot.release()
+
+    def _reap_slot(self, slot: slots.Slot) -> None:
+        """Remove what an earlier holder of this slot left behind when it was killed."""
+        group = self.driver.group(slot.name)
+        if any(d.exists() for d in group.dirs):
+            group.kill()
+            group.remove()
+        leftover = slots.leftover_owner(slot)
+        if leftover is not None:
+            slots.restore_owner(*leftover)
+
+    def _run_in_slot(
+        self,
+        spec: SandboxSpec,
+        layout: paths.Layout,
+        program: bytes,
+        slot: slots.Slot,
+        on_output: OutputSink | None,
+        stdin: int | None,
+        on_start: Callable[[Supervised], None] | None,
+    ) -> RunResult:
+        limits = spec.limits
+        wants_limits = any(v is not None for v in (limits.memory, limits.pids, limits.cpus))
+        group = self.driver.create(slot.name, limits) if self.driver.available else None
+        host_uid = self.settings.sandbox_uid_base + slot.index if self.is_root else None
+        owner = slots.take_owner(slot, spec.workspace, host_uid) if host_uid is not None else None
+        protected_before = frozenset(layout.protected)
+        join_fds: list[int] = []
+        read_fd, write_fd = os.pipe()
+        try:
+            os.write(write_fd, program)
+            os.close(write_fd)
+            if group is not None:
+                join_fds = [os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in group.procs_files()]
+            argv = build_argv(spec, layout, bwrap=self.settings.bwrap, seccomp_fd=read_fd)
+            proc = Supervised(
+                argv,
+                env=spec.full_env(),
+                pass_fds=(read_fd,),
+                stdin=stdin,
+                preexec=_child_setup(join_fds, host_uid),
+                kill_tree=group.kill if group is not None else None,
+            )
+            os.close(read_fd)
+            read_fd = -1
+            if on_start is not None:
+                on_start(proc)
+            out, err = TailBuffer(self.settings.output_limit), TailBuffer(self.settings.output_limit)
+            code = proc.pump(out, err, on_output, limits.timeout)
+            duration = time.monotonic() - proc.started
+            oom = group is not None and group.oom_kills() > 0
+            peak = group.peak_memory() if group is not None else None
+        finally:
+            for fd in (*join_fds, read_fd):
+                if fd >= 0:
+                    os.close(fd)
+            if group is not None:
+                group.kill()
+                group.remove()
+            if owner is not None and host_uid is not None:
+                slots.restore_owner(spec.workspace, host_uid, owner)
+        created = paths.remove_created(spec.workspace, protected_before)
+        violations = tuple(
+            Violation("protected-path", str(p), "created inside the sandbox; removed after the run") for p in created
+        )
+        return _result(
+            code, proc.killed_by, oom, duration, peak, out, err, self.driver, wants_limits, violations, slot.name
+        )
+
+
+def _child_setup(join_fds: list[int], host_uid: int | None) -> Callable[[], None]:
+    """What the forked child does before exec: join the cgroups, then drop root for good."""
+
+    def setup() -> None:
+        for fd in join_fds:
+            os.write(fd, b"0")
+        if host_uid is not None:
+            os.setgroups([])
+            os.setresgid(host_uid, host_uid, host_uid)
+            os.setresuid(host_uid, host_uid, host_uid)
+
+    return setup
+
+
+def _result(
+    code: int,
+    killed_by: str | None,
+    oom: bool,
+    duration: float,
+    peak: int | None,
+    out: TailBuffer,
+    err: TailBuffer,
+    driver: cgroups.CgroupDriver,
+    wants_limits: bool,
+    violations: tuple[Violation, ...],
+    sandbox_id: str,
+) -> RunResult:
+    signal = None
+    reason: Reason
+    if code < 0:  # bwrap itself died of a signal (we killed it)
+        signal, code = -code, 128 - code
+    elif code > 128:
+        signal = code - 128
+    if killed_by == "timeout":
+        reason, code = "timeout", TIMEOUT_EXIT
+    elif oom:
+        reason, code = "oom", OOM_EXIT
+    elif killed_by is not None or signal == 9:
+        reason, code = "killed", OOM_EXIT
+    else:
+        reason = "exited"
+    note = driver.note if not driver.available else ""
+    if wants_limits and note:
+        note = f"limits not enforced: {note}"
+    return RunResult(
+        exit_code=code,
+        reason=reason,
+        duration=duration,
+        signal=signal,
+        peak_memory=peak,
+        stdout=out.getvalue(),
+        stderr=err.getvalue(),
+        stdout_dropped=out.dropped,
+        stderr_dropped=err.dropped,
+        limits_enforced=driver.available,
+        limits_note=note,
+        violations=violations,
+        sandbox_id=sandbox_id,
+    )

@@ -1,0 +1,124 @@
+"""Slots: the host-wide unit of ownership of a running sandbox.
+
+A sandbox holds slot N for its whole life through an ``flock`` on ``<runtime>/slots/N.lock``;
+the kernel drops the lock when the holder dies, however it dies. Slot N names the sandbox's
+cgroups (``sN``) and, when corral runs as root, its unprivileged host uid (``base + N``). So
+whoever takes a free slot next can tell that anything still carrying its name is a leftover,
+and remove it: processes, cgroups, and the workspace ownership a killed caller did not hand back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from corral.errors import SandboxError
+
+__all__ = ["Slot", "acquire", "lock_if_free", "owned_tree", "restore_owner", "take_owner"]
+
+
+@dataclasses.dataclass
+class Slot:
+    index: int
+    fd: int
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return f"s{self.index}"
+
+    def record(self, **facts: object) -> None:
+        """Note what must be undone if the holder dies (read back by ``facts``)."""
+        data = json.dumps({"pid": os.getpid(), **facts}).encode()
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, data, 0)
+
+    def facts(self) -> dict[str, object]:
+        size = os.fstat(self.fd).st_size
+        try:
+            data = json.loads(os.pread(self.fd, size, 0) or b"{}")
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)
+            self.fd = -1
+
+
+def lock_if_free(directory: Path, index: int) -> Slot | None:
+    path = directory / f"{index}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return Slot(index, fd, path)
+
+
+def acquire(runtime: Path, count: int) -> Slot:
+    """Take the lowest free slot."""
+    directory = runtime / "slots"
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for index in range(count):
+        slot = lock_if_free(directory, index)
+        if slot is not None:
+            return slot
+    msg = f"All {count} sandbox slots are in use; wait for a sandbox to end or raise CORRAL_SANDBOX_SLOTS."
+    raise SandboxError(msg)
+
+
+def owned_tree(root: Path, uid: int) -> Iterator[Path]:
+    """Every path under ``root`` (itself included) owned by ``uid``, not following symlinks."""
+    if root.lstat().st_uid == uid:
+        yield root
+    for directory, dirnames, filenames in os.walk(root):
+        for name in (*dirnames, *filenames):
+            path = Path(directory, name)
+            with contextlib.suppress(FileNotFoundError):
+                if path.lstat().st_uid == uid:
+                    yield path
+
+
+def _chown_all(root: Path, old: tuple[int, int], new: tuple[int, int]) -> None:
+    for path in list(owned_tree(root, old[0])):
+        with contextlib.suppress(FileNotFoundError):
+            os.lchown(path, new[0], new[1])
+
+
+def take_owner(slot: Slot, workspace: Path, uid: int) -> tuple[int, int]:
+    """Hand the workspace owner's files to the sandbox uid; returns the owner to restore."""
+    st = workspace.stat()
+    owner = (st.st_uid, st.st_gid)
+    slot.record(workspace=str(workspace), owner=owner, uid=uid)
+    _chown_all(workspace, owner, (uid, uid))
+    return owner
+
+
+def restore_owner(workspace: Path, uid: int, owner: tuple[int, int]) -> None:
+    """Give everything the sandbox uid owns in the workspace back to its owner."""
+    if workspace.exists():
+        _chown_all(workspace, (uid, uid), owner)
+
+
+def leftover_owner(slot: Slot) -> tuple[Path, int, tuple[int, int]] | None:
+    facts = slot.facts()
+    workspace, owner, uid = facts.get("workspace"), facts.get("owner"), facts.get("uid")
+    if isinstance(workspace, str) and isinstance(uid, int) and isinstance(owner, list) and len(owner) == 2:
+        return Path(workspace), uid, (int(owner[0]), int(owner[1]))
+    return None
+
+
+def check_index(name: str) -> int | None:
+    """The slot index of a cgroup name like ``s7``."""
+    if name.startswith("s") and name[1:].isdigit():
+        return int(name[1:])
+    return None
