@@ -10,6 +10,8 @@ says the fix::
     │   ├── SettingsError                       exit 3,   HTTP 500
     │   ├── BadLimitError                       exit 4,   HTTP 400
     │   ├── WorkspaceError (FileNotFoundError)  exit 5,   HTTP 400
+    │   ├── PolicyError                         exit 6,   HTTP 400
+    │   ├── AuditLogError                       exit 7,   HTTP 400
     │   └── CommandNotFoundError                exit 127, HTTP 400
     └── SandboxError (RuntimeError)             exit 70,  HTTP 500
         └── SandboxUnavailableError             exit 69,  HTTP 503
@@ -18,9 +20,11 @@ says the fix::
 from __future__ import annotations
 
 __all__ = [
+    "AuditLogError",
     "BadLimitError",
     "CommandNotFoundError",
     "CorralError",
+    "PolicyError",
     "SandboxError",
     "SandboxUnavailableError",
     "SettingsError",
@@ -65,6 +69,20 @@ class WorkspaceError(UsageError, FileNotFoundError):
 
     exit_code = 5
     code = "bad_workspace"
+
+
+class PolicyError(UsageError):
+    """An egress allow or deny pattern is malformed or too broad."""
+
+    exit_code = 6
+    code = "bad_policy"
+
+
+class AuditLogError(UsageError):
+    """An audit log cannot be written or read."""
+
+    exit_code = 7
+    code = "bad_audit_log"
 
 
 class CommandNotFoundError(UsageError):
