@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,26 +9,9 @@ import pytest
 
 from corral.sandbox.bwrap import BwrapSandbox
 from corral.settings import Settings
+from tests.tools import IN_CI, require, require_root
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def require(tool: str) -> str:
-    """The path of ``tool``; in CI its absence is a setup bug and fails the test."""
-    path = shutil.which(tool)
-    if path is None:
-        if IN_CI:
-            pytest.fail(f"{tool} is not installed; `make test` must install it (CI=true never skips)")
-        pytest.skip(f"{tool} is not installed")
-    return path
-
-
-def require_root() -> None:
-    if os.geteuid() != 0:
-        if IN_CI:
-            pytest.fail("CI runs the tests as root; this run is not root")
-        pytest.skip("needs root (cgroups and a separate host uid)")
-
+__all__ = ["IN_CI", "require", "require_root"]
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from corral.errors import SettingsError
+from corral.errors import BadLimitError, SettingsError
 from corral.units import parse_duration, parse_size
 
 __all__ = ["Settings", "find_config", "get_settings", "load_settings"]
@@ -85,6 +85,9 @@ def _convert(name: str, value: Any, source: str) -> Any:
         if kind.startswith("float"):
             return float(value)
         return str(value)
+    except BadLimitError as err:
+        msg = f"The setting {name!r} from {source} is invalid: {err}"
+        raise SettingsError(msg) from None
     except (ValueError, TypeError):
         msg = f"The setting {name!r} from {source} has the value {value!r}, which is not a {kind.split()[0]}."
         raise SettingsError(msg) from None

@@ -7,15 +7,16 @@ its output, and then undoes all of it in reverse, whatever happened.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from corral.errors import CommandNotFoundError, SandboxUnavailableError, UsageError
-from corral.sandbox import cgroups, paths, seccomp, slots
+from corral.sandbox import cgroups, paths, seccomp, slots, staging
 from corral.sandbox.process import OutputSink, Supervised, TailBuffer
 from corral.sandbox.spec import SANDBOX_HOME, Reason, RunResult, SandboxSpec, Violation
 from corral.settings import Settings
@@ -32,10 +33,24 @@ def build_argv(
     *,
     bwrap: str = "bwrap",
     seccomp_fd: int | None = None,
-    cwd: Path | None = None,
+    staged: Mapping[Path, Path] | None = None,
 ) -> list[str]:
-    """The complete bwrap command line for ``spec`` (pure: no I/O)."""
-    workspace = str(spec.workspace)
+    """The complete bwrap command line for ``spec`` (pure: no I/O).
+
+    ``staged`` maps host paths to where bwrap finds them (see ``staging``); a path inside a staged
+    directory is found inside its staged copy. Every path is bound at its own host path inside.
+    """
+    stage = staged or {}
+
+    def source(path: Path) -> str:
+        for host, point in stage.items():
+            if path == host or path.is_relative_to(host):
+                return str(point / path.relative_to(host))
+        return str(path)
+
+    def bind(flag: str, path: Path) -> list[str]:
+        return [flag, source(path), str(path)]
+
     argv = [
         bwrap,
         "--unshare-all",
@@ -54,16 +69,16 @@ def build_argv(
     for system_path, target in layout.system:
         argv += ["--symlink", target, system_path] if target is not None else ["--ro-bind", system_path, system_path]
     argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run", "--tmpfs", SANDBOX_HOME]
-    for bind in map(str, spec.ro_binds):
-        argv += ["--ro-bind", bind, bind]
-    argv += ["--bind", workspace, workspace]
-    for pin in map(str, layout.pinned):
-        argv += ["--bind", pin, pin]
-    for protected in map(str, layout.protected):
-        argv += ["--ro-bind", protected, protected]
+    for path in spec.ro_binds:
+        argv += bind("--ro-bind", path)
+    argv += bind("--bind", spec.workspace)
+    for path in layout.pinned:
+        argv += bind("--bind", path)
+    for path in layout.protected:
+        argv += bind("--ro-bind", path)
     for mask, is_dir in layout.masks:
         argv += ["--tmpfs", str(mask), "--remount-ro", str(mask)] if is_dir else ["--ro-bind", "/dev/null", str(mask)]
-    argv += ["--remount-ro", "/", "--chdir", str(cwd or spec.cwd or spec.workspace)]
+    argv += ["--remount-ro", "/", "--chdir", str(spec.cwd or spec.workspace)]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
     return [*argv, "--", *spec.command]
@@ -162,29 +177,30 @@ class BwrapSandbox:
         on_start: Callable[[Supervised], None] | None,
     ) -> RunResult:
         limits = spec.limits
-        wants_limits = any(v is not None for v in (limits.memory, limits.pids, limits.cpus))
-        group = self.driver.create(slot.name, limits) if self.driver.available else None
         host_uid = self.settings.sandbox_uid_base + slot.index if self.is_root else None
-        owner = slots.take_owner(slot, spec.workspace, host_uid) if host_uid is not None else None
-        protected_before = frozenset(layout.protected)
-        join_fds: list[int] = []
-        read_fd, write_fd = os.pipe()
-        try:
-            os.write(write_fd, program)
-            os.close(write_fd)
-            if group is not None:
-                join_fds = [os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in group.procs_files()]
-            argv = build_argv(spec, layout, bwrap=self.settings.bwrap, seccomp_fd=read_fd)
+        with contextlib.ExitStack() as undo:  # undone in reverse: fds, workspace owner, cgroups
+            group = None
+            if self.driver.available:
+                group = self.driver.create(slot.name, limits)
+                undo.callback(_remove_group, group)
+            if host_uid is not None:
+                owner = slots.take_owner(slot, spec.workspace, host_uid)
+                undo.callback(slots.restore_owner, spec.workspace, host_uid, owner)
+            seccomp_fd = _pipe_with(program, undo)
+            join_fds = [_open(p, os.O_WRONLY, undo) for p in group.procs_files()] if group is not None else []
+            staged: dict[Path, Path] = {}
+            if host_uid is not None:
+                staged = staging.prepare(self.settings.runtime, slot.name, (spec.workspace, *spec.ro_binds))
+                undo.callback(staging.clear, self.settings.runtime, slot.name)
+            argv = build_argv(spec, layout, bwrap=self.settings.bwrap, seccomp_fd=seccomp_fd, staged=staged)
             proc = Supervised(
                 argv,
                 env=spec.full_env(),
-                pass_fds=(read_fd,),
+                pass_fds=(seccomp_fd,),
                 stdin=stdin,
-                preexec=_child_setup(join_fds, host_uid),
+                preexec=_child_setup(join_fds, staged, host_uid),
                 kill_tree=group.kill if group is not None else None,
             )
-            os.close(read_fd)
-            read_fd = -1
             if on_start is not None:
                 on_start(proc)
             out, err = TailBuffer(self.settings.output_limit), TailBuffer(self.settings.output_limit)
@@ -192,30 +208,46 @@ class BwrapSandbox:
             duration = time.monotonic() - proc.started
             oom = group is not None and group.oom_kills() > 0
             peak = group.peak_memory() if group is not None else None
-        finally:
-            for fd in (*join_fds, read_fd):
-                if fd >= 0:
-                    os.close(fd)
-            if group is not None:
-                group.kill()
-                group.remove()
-            if owner is not None and host_uid is not None:
-                slots.restore_owner(spec.workspace, host_uid, owner)
-        created = paths.remove_created(spec.workspace, protected_before)
+        created = paths.remove_created(spec.workspace, frozenset(layout.protected))
         violations = tuple(
             Violation("protected-path", str(p), "created inside the sandbox; removed after the run") for p in created
         )
+        wants_limits = any(v is not None for v in (limits.memory, limits.pids, limits.cpus))
         return _result(
             code, proc.killed_by, oom, duration, peak, out, err, self.driver, wants_limits, violations, slot.name
         )
 
 
-def _child_setup(join_fds: list[int], host_uid: int | None) -> Callable[[], None]:
-    """What the forked child does before exec: join the cgroups, then drop root for good."""
+def _remove_group(group: cgroups.Cgroup) -> None:
+    group.kill()
+    group.remove()
+
+
+def _open(path: Path, flags: int, undo: contextlib.ExitStack) -> int:
+    fd = os.open(path, flags | os.O_CLOEXEC)
+    undo.callback(os.close, fd)
+    return fd
+
+
+def _pipe_with(data: bytes, undo: contextlib.ExitStack) -> int:
+    """A pipe already holding ``data`` (a seccomp program is far below the pipe buffer); the read end."""
+    read_fd, write_fd = os.pipe()
+    undo.callback(os.close, read_fd)
+    try:
+        os.write(write_fd, data)
+    finally:
+        os.close(write_fd)
+    return read_fd
+
+
+def _child_setup(join_fds: list[int], staged: dict[Path, Path], host_uid: int | None) -> Callable[[], None]:
+    """What the forked child does before exec: join the cgroups, stage the binds, drop root for good."""
 
     def setup() -> None:
         for fd in join_fds:
             os.write(fd, b"0")
+        if staged:
+            staging.enter_private_mounts(staged)
         if host_uid is not None:
             os.setgroups([])
             os.setresgid(host_uid, host_uid, host_uid)

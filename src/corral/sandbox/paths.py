@@ -112,23 +112,47 @@ def _walk(workspace: Path, depth: int) -> Iterator[Path]:
         level = following
 
 
+def _no_symlinks(directory: Path, relative: str) -> bool:
+    """Whether ``directory/relative`` exists with no symlink on the way (so a bind cannot be redirected)."""
+    path = directory
+    for part in relative.split("/"):
+        path = path / part
+        if not os.path.lexists(path) or path.is_symlink():
+            return False
+    return True
+
+
 def find_protected(workspace: Path, depth: int = PROTECTED_DEPTH) -> frozenset[Path]:
-    """Protected paths that exist now in the workspace (a ``.git`` file of a worktree included)."""
+    """Protected paths that exist now in the workspace (a ``.git`` file of a worktree included).
+
+    Symlinks are never followed or bound: a bind through a link planted by an earlier run could
+    otherwise expose whatever the link points to.
+    """
     found: set[Path] = set()
     for directory in _walk(workspace, depth):
         for name in (*PROTECTED_NAMES, *PROTECTED_SUBPATHS):
-            path = directory / name
-            if os.path.lexists(path):
-                found.add(path)
+            if _no_symlinks(directory, name):
+                found.add(directory / name)
         git = directory / ".git"
         if git.is_file() and not git.is_symlink():
             found.add(git)
     return frozenset(found)
 
 
+def _created(workspace: Path, depth: int = PROTECTED_DEPTH) -> frozenset[Path]:
+    """Protected paths present now, symlinks included (a planted link counts as created)."""
+    found = {
+        directory / name
+        for directory in _walk(workspace, depth)
+        for name in (*PROTECTED_NAMES, *PROTECTED_SUBPATHS)
+        if os.path.lexists(directory / name)
+    }
+    return frozenset(found)
+
+
 def remove_created(workspace: Path, before: frozenset[Path]) -> list[Path]:
     """Remove protected paths the sandbox created; return them."""
-    created = sorted(find_protected(workspace) - before)
+    created = sorted(_created(workspace) - before)
     for path in created:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
@@ -144,7 +168,7 @@ def _pins(workspace: Path, protected: Iterable[Path]) -> tuple[Path, ...]:
             if parent == workspace or not parent.is_relative_to(workspace):
                 break
             pins.add(parent)
-    return tuple(sorted(pins, key=lambda p: len(p.parts)))
+    return tuple(sorted(pins, key=lambda p: (len(p.parts), p)))
 
 
 def secret_paths(spec: SandboxSpec, secrets: Iterable[Path]) -> list[Path]:

@@ -1,0 +1,122 @@
+"""The bubblewrap sandbox for real: what it runs, what it returns, and what it leaves behind."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from corral.sandbox.bwrap import BwrapSandbox
+from corral.sandbox.cgroups import CgroupDriver
+from corral.sandbox.spec import Limits, SandboxSpec
+from corral.settings import Settings
+from tests.tools import require_root
+
+pytestmark = pytest.mark.sandbox
+
+
+def sh(script: str, workspace: Path, **kwargs: object) -> SandboxSpec:
+    return SandboxSpec(("sh", "-c", script), workspace, **kwargs)  # type: ignore[arg-type]
+
+
+def test_runs_and_reports(sandbox: BwrapSandbox, workspace: Path) -> None:
+    result = sandbox.run(sh("echo out; echo err >&2; exit 3", workspace))
+    assert (result.exit_code, result.reason, result.signal) == (3, "exited", None)
+    assert result.stdout == b"out\n"
+    assert result.stderr == b"err\n"
+    assert 0 < result.duration < 5
+    assert result.sandbox_id.startswith("s")
+
+
+def test_signal_is_reported(sandbox: BwrapSandbox, workspace: Path) -> None:
+    result = sandbox.run(sh("kill -TERM $$", workspace))
+    assert (result.exit_code, result.signal, result.signal_name, result.reason) == (143, 15, "SIGTERM", "exited")
+
+
+def test_output_streams_as_it_arrives(sandbox: BwrapSandbox, workspace: Path) -> None:
+    seen: list[tuple[float, str, bytes]] = []
+    start = time.monotonic()
+    result = sandbox.run(
+        sh("echo first; sleep 0.5; echo second >&2", workspace),
+        on_output=lambda stream, chunk: seen.append((time.monotonic() - start, stream, chunk)),
+    )
+    assert [(s, c) for _, s, c in seen] == [("stdout", b"first\n"), ("stderr", b"second\n")]
+    assert seen[0][0] < seen[1][0] - 0.3  # the first line arrived before the command slept
+    assert result.ok
+
+
+def test_output_is_kept_bounded(settings: Settings, workspace: Path) -> None:
+    small = Settings(home=settings.home, output_limit=4096)
+    result = BwrapSandbox(small).run(sh("head -c 100000 /dev/zero | tr '\\0' x", workspace))
+    assert len(result.stdout) == 4096
+    assert result.stdout_dropped == 100000 - 4096
+
+
+def test_environment_is_only_what_is_named(sandbox: BwrapSandbox, workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOST_ONLY_SECRET", "leak")
+    result = sandbox.run(SandboxSpec(("env",), workspace, env={"GREETING": "hi"}))
+    env = dict(line.split("=", 1) for line in result.stdout.decode().splitlines())
+    assert env.pop("PWD") == str(workspace)  # set by bwrap for --chdir
+    assert env == {"GREETING": "hi", "PATH": env["PATH"], "HOME": "/home/sandbox", "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
+
+
+def test_workspace_is_writable_and_given_back(sandbox: BwrapSandbox, workspace: Path) -> None:
+    (workspace / "existing.txt").write_text("before\n")
+    owner = (workspace.stat().st_uid, workspace.stat().st_gid)
+    result = sandbox.run(sh("echo after >> existing.txt && mkdir -p d && echo new > d/new.txt && id -u", workspace))
+    assert result.ok, result.stderr
+    assert result.stdout == b"1000\n"
+    assert (workspace / "existing.txt").read_text() == "before\nafter\n"
+    assert (workspace / "d/new.txt").read_text() == "new\n"
+    for path in (workspace, workspace / "existing.txt", workspace / "d", workspace / "d/new.txt"):
+        assert (path.stat().st_uid, path.stat().st_gid) == owner
+
+
+def test_runs_as_an_unprivileged_host_uid_when_root(sandbox: BwrapSandbox, workspace: Path) -> None:
+    require_root()
+    uids: list[int] = []
+    result = sandbox.run(sh("sleep 0.2", workspace), on_start=lambda proc: uids.append(Path(f"/proc/{proc.pid}").stat().st_uid))
+    assert result.ok
+    assert uids[0] >= sandbox.settings.sandbox_uid_base
+
+
+def test_cwd_inside(sandbox: BwrapSandbox, workspace: Path) -> None:
+    (workspace / "src").mkdir()
+    result = sandbox.run(SandboxSpec(("pwd",), workspace, cwd=workspace / "src"))
+    assert result.stdout.decode().strip() == str(workspace / "src")
+
+
+def test_no_cgroup_is_left_after_runs(sandbox: BwrapSandbox, workspace: Path) -> None:
+    require_root()
+    for _ in range(3):
+        assert sandbox.run(sh("true", workspace, limits=Limits(memory=64 << 20, pids=16))).ok
+    left = [name for base in sandbox.driver.bases.values() if base.exists() for name in os.listdir(base)
+            if name.startswith("s") and name[1:].isdigit()]
+    assert left == []
+
+
+def test_limits_unavailable_are_reported_not_silent(settings: Settings, workspace: Path) -> None:
+    unavailable = CgroupDriver(0, {}, "the cgroup v1 memory and pids hierarchies are not writable by this user")
+    result = BwrapSandbox(settings, driver=unavailable).run(sh("true", workspace, limits=Limits(memory=64 << 20)))
+    assert result.ok
+    assert not result.limits_enforced
+    assert result.limits_note == "limits not enforced: the cgroup v1 memory and pids hierarchies are not writable by this user"
+
+
+def test_peak_memory_is_measured(sandbox: BwrapSandbox, workspace: Path) -> None:
+    require_root()
+    result = sandbox.run(SandboxSpec(("python3", "-c", "x = bytearray(48 << 20); print(len(x))"), workspace,
+                                     limits=Limits(memory=256 << 20)))
+    assert result.ok, result.stderr
+    assert result.peak_memory is not None
+    assert result.peak_memory > 48 << 20
+
+
+def test_cpu_share_is_enforced(sandbox: BwrapSandbox, workspace: Path) -> None:
+    require_root()
+    busy = "import time\nt=time.time()\nwhile time.time()-t<1: pass\nimport os; print(os.times().user)"
+    result = sandbox.run(SandboxSpec(("python3", "-c", busy), workspace, limits=Limits(cpus=0.2)))
+    assert result.ok, result.stderr
+    assert float(result.stdout) < 0.5  # 1 s of wall-clock at a 20 % share

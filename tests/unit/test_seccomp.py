@@ -1,0 +1,61 @@
+"""The seccomp rules as data, and their compilation."""
+
+import errno
+import socket
+from pathlib import Path
+
+from corral.sandbox import seccomp
+from corral.sandbox.seccomp import DEFAULT_RULES, Rule
+
+
+def rules_for(name: str) -> list[Rule]:
+    return [rule for rule in DEFAULT_RULES if rule.syscall == name]
+
+
+def test_af_unix_sockets_are_denied_but_socketpair_is_allowed() -> None:
+    (rule,) = rules_for("socket")
+    assert (rule.arg, rule.op, rule.value, rule.errno) == (0, "eq", socket.AF_UNIX, errno.EPERM)
+    assert rules_for("socketpair") == []
+
+
+def test_escape_syscalls_are_denied() -> None:
+    for name in ("ptrace", "mount", "umount2", "unshare", "setns", "keyctl", "add_key", "request_key", "bpf",
+                 "process_vm_readv", "pivot_root", "chroot", "open_by_handle_at"):
+        (rule,) = rules_for(name)
+        assert rule.arg is None
+        assert rule.errno == errno.EPERM
+
+
+def test_io_uring_and_clone3_report_enosys_so_callers_fall_back() -> None:
+    for name in ("io_uring_setup", "io_uring_enter", "io_uring_register", "clone3"):
+        (rule,) = rules_for(name)
+        assert rule.errno == errno.ENOSYS
+
+
+def test_clone_with_any_namespace_flag_is_denied() -> None:
+    flags = {rule.value for rule in rules_for("clone")}
+    assert flags == set(seccomp.CLONE_NAMESPACE_FLAGS.values())
+    assert all(rule.op == "masked_eq" and rule.mask == rule.value and rule.arg == 0 for rule in rules_for("clone"))
+
+
+def test_terminal_injection_is_denied() -> None:
+    assert {rule.value for rule in rules_for("ioctl")} == {seccomp.TIOCSTI, seccomp.TIOCLINUX}
+
+
+def test_every_rule_says_why() -> None:
+    assert all(rule.why for rule in DEFAULT_RULES)
+
+
+def test_compiles_to_bpf_and_caches(tmp_path: Path) -> None:
+    program = seccomp.compile_bpf()
+    assert len(program) % 8 == 0  # struct sock_filter is 8 bytes
+    assert len(program) > 8 * len(DEFAULT_RULES)
+    assert seccomp.load_bpf(tmp_path) == program
+    (cached,) = tmp_path.glob("seccomp-*.bpf")
+    cached.write_bytes(b"\0" * 8)  # a cache hit reads the file, it does not recompile
+    assert seccomp.load_bpf(tmp_path) == b"\0" * 8
+
+
+def test_cache_key_follows_the_rules() -> None:
+    other = (*DEFAULT_RULES, Rule("acct"))
+    assert seccomp._cache_key(other) != seccomp._cache_key(DEFAULT_RULES)
