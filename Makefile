@@ -25,6 +25,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m compileall -q src
 	touch $@
 
 run: setup
@@ -46,6 +47,7 @@ lint: setup
 	$(VENV)/bin/mypy
 
 bench: setup
+	$(PY) -m compileall -q src
 	$(PY) -m benchmarks
 
 clean:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -103,6 +102,8 @@ def find_config(start: Path) -> Path | None:
 
 
 def _read_toml(path: Path) -> Mapping[str, Any]:
+    import tomllib
+
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)

@@ -15,6 +15,7 @@ def rules_for(name: str) -> list[Rule]:
 def test_af_unix_sockets_are_denied_but_socketpair_is_allowed() -> None:
     (rule,) = rules_for("socket")
     assert (rule.arg, rule.op, rule.value, rule.errno) == (0, "eq", socket.AF_UNIX, errno.EPERM)
+    assert seccomp.AF_UNIX == socket.AF_UNIX
     assert rules_for("socketpair") == []
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -128,7 +127,7 @@ class BwrapSandbox:
                 f"The sandbox uid/gid {spec.uid}/{spec.gid} would be root inside; use an unprivileged id such as 1000."
             )
             raise UsageError(msg)
-        if shutil.which(self.settings.bwrap) is None:
+        if _which(self.settings.bwrap) is None:
             msg = (
                 f"bubblewrap ({self.settings.bwrap!r}) is not installed; install it "
                 f"(apt-get install --no-install-recommends bubblewrap) and run corral doctor."
@@ -216,6 +215,17 @@ class BwrapSandbox:
         return _result(
             code, proc.killed_by, oom, duration, peak, out, err, self.driver, wants_limits, violations, slot.name
         )
+
+
+def _which(program: str) -> str | None:
+    """``shutil.which`` without importing shutil (and fnmatch and re) on the start-up path."""
+    if "/" in program:
+        return program if os.access(program, os.X_OK) else None
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = Path(directory, program)
+        if os.access(candidate, os.X_OK) and not candidate.is_dir():
+            return str(candidate)
+    return None
 
 
 def _remove_group(group: cgroups.Cgroup) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -152,6 +151,8 @@ def _created(workspace: Path, depth: int = PROTECTED_DEPTH) -> frozenset[Path]:
 
 def remove_created(workspace: Path, before: frozenset[Path]) -> list[Path]:
     """Remove protected paths the sandbox created; return them."""
+    import shutil
+
     created = sorted(_created(workspace) - before)
     for path in created:
         if path.is_dir() and not path.is_symlink():

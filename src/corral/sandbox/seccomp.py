@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import hashlib
 import os
-import platform
-import socket
+import zlib
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +25,7 @@ __all__ = ["DEFAULT_RULES", "Rule", "compile_bpf", "load_bpf"]
 
 Op = Literal["eq", "masked_eq"]
 
+AF_UNIX = 1  # socket.AF_UNIX, without importing socket on the start-up path
 CLONE_NAMESPACE_FLAGS = {
     "CLONE_NEWNS": 0x00020000,
     "CLONE_NEWCGROUP": 0x02000000,
@@ -56,7 +55,7 @@ class Rule:
 def _rules() -> tuple[Rule, ...]:
     deny = errno.EPERM
     rules = [
-        Rule("socket", deny, 0, "eq", socket.AF_UNIX, why="reach host sockets (proxy, docker.sock)"),
+        Rule("socket", deny, 0, "eq", AF_UNIX, why="reach host sockets (proxy, docker.sock)"),
         *(
             Rule(name, errno.ENOSYS, why="io_uring ops bypass socket rules")
             for name in ("io_uring_setup", "io_uring_enter", "io_uring_register")
@@ -156,8 +155,8 @@ class _Fd:
 
 
 def _cache_key(rules: tuple[Rule, ...]) -> str:
-    text = repr((rules, platform.machine(), os.uname().release))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    text = repr((rules, os.uname().machine, os.uname().release))
+    return f"{zlib.crc32(text.encode()):08x}"
 
 
 def load_bpf(cache_dir: Path, rules: tuple[Rule, ...] = DEFAULT_RULES) -> bytes:

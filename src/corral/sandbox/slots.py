@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,11 +33,15 @@ class Slot:
 
     def record(self, **facts: object) -> None:
         """Note what must be undone if the holder dies (read back by ``facts``)."""
+        import json
+
         data = json.dumps({"pid": os.getpid(), **facts}).encode()
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, data, 0)
 
     def facts(self) -> dict[str, object]:
+        import json
+
         size = os.fstat(self.fd).st_size
         try:
             data = json.loads(os.pread(self.fd, size, 0) or b"{}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import signal as _signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -101,7 +100,9 @@ class RunResult:
     def signal_name(self) -> str | None:
         if self.signal is None:
             return None
+        import signal
+
         try:
-            return _signal.Signals(self.signal).name
+            return signal.Signals(self.signal).name
         except ValueError:
             return str(self.signal)

@@ -12,9 +12,7 @@ left behind there, whatever happens to the caller.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,11 +23,11 @@ MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 def prepare(runtime: Path, slot_name: str, sources: Sequence[Path]) -> dict[Path, Path]:
     """Create a mount point per source (a directory or an empty file, as the source is)."""
+    import ctypes  # noqa: F401  (imported here, in the parent, so the forked child need not)
+
     base = runtime / "stage" / slot_name
     clear(runtime, slot_name)
     for directory in (runtime, runtime / "stage", base):
@@ -48,19 +46,29 @@ def prepare(runtime: Path, slot_name: str, sources: Sequence[Path]) -> dict[Path
 
 def clear(runtime: Path, slot_name: str) -> None:
     """Remove a slot's mount points (plain empty entries on the host)."""
+    import shutil
+
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(runtime / "stage" / slot_name)
 
 
 def _check(result: int, what: str) -> None:
+    import ctypes
+
     if result != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
 def enter_private_mounts(staged: dict[Path, Path]) -> None:
-    """In the forked child: a private mount namespace with each source bound on its mount point."""
-    _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-    _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
+    """In the forked child: a private mount namespace with each source bound on its mount point.
+
+    ``prepare`` imported ``ctypes`` in the parent, so the child only looks it up and calls libc.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
     for source, point in staged.items():
-        _check(_libc.mount(os.fsencode(source), os.fsencode(point), None, MS_BIND | MS_REC, None), f"bind {source}")
+        _check(libc.mount(os.fsencode(source), os.fsencode(point), None, MS_BIND | MS_REC, None), f"bind {source}")
