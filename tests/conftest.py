@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from corral.settings import Settings
 from tests.tools import IN_CI, require, require_root
 
 __all__ = ["IN_CI", "require", "require_root"]
+
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
@@ -28,7 +28,7 @@ def sandbox(settings: Settings) -> BwrapSandbox:
 
 
 @pytest.fixture
-def workspace(tmp_path: Path) -> Iterator[Path]:
+def workspace(tmp_path: Path) -> Path:
     path = tmp_path / "ws"
     path.mkdir()
-    yield path
+    return path

@@ -54,7 +54,9 @@ def test_output_is_kept_bounded(settings: Settings, workspace: Path) -> None:
     assert result.stdout_dropped == 100000 - 4096
 
 
-def test_environment_is_only_what_is_named(sandbox: BwrapSandbox, workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_is_only_what_is_named(
+    sandbox: BwrapSandbox, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HOST_ONLY_SECRET", "leak")
     result = sandbox.run(SandboxSpec(("env",), workspace, env={"GREETING": "hi"}))
     env = dict(line.split("=", 1) for line in result.stdout.decode().splitlines())
@@ -77,7 +79,9 @@ def test_workspace_is_writable_and_given_back(sandbox: BwrapSandbox, workspace: 
 def test_runs_as_an_unprivileged_host_uid_when_root(sandbox: BwrapSandbox, workspace: Path) -> None:
     require_root()
     uids: list[int] = []
-    result = sandbox.run(sh("sleep 0.2", workspace), on_start=lambda proc: uids.append(Path(f"/proc/{proc.pid}").stat().st_uid))
+    result = sandbox.run(
+        sh("sleep 0.2", workspace), on_start=lambda proc: uids.append(Path(f"/proc/{proc.pid}").stat().st_uid)
+    )
     assert result.ok
     assert uids[0] >= sandbox.settings.sandbox_uid_base
 
@@ -92,8 +96,13 @@ def test_no_cgroup_is_left_after_runs(sandbox: BwrapSandbox, workspace: Path) ->
     require_root()
     for _ in range(3):
         assert sandbox.run(sh("true", workspace, limits=Limits(memory=64 << 20, pids=16))).ok
-    left = [name for base in sandbox.driver.bases.values() if base.exists() for name in os.listdir(base)
-            if name.startswith("s") and name[1:].isdigit()]
+    left = [
+        name
+        for base in sandbox.driver.bases.values()
+        if base.exists()
+        for name in os.listdir(base)
+        if name.startswith("s") and name[1:].isdigit()
+    ]
     assert left == []
 
 
@@ -102,13 +111,19 @@ def test_limits_unavailable_are_reported_not_silent(settings: Settings, workspac
     result = BwrapSandbox(settings, driver=unavailable).run(sh("true", workspace, limits=Limits(memory=64 << 20)))
     assert result.ok
     assert not result.limits_enforced
-    assert result.limits_note == "limits not enforced: the cgroup v1 memory and pids hierarchies are not writable by this user"
+    assert (
+        result.limits_note
+        == "limits not enforced: the cgroup v1 memory and pids hierarchies are not writable by this user"
+    )
 
 
 def test_peak_memory_is_measured(sandbox: BwrapSandbox, workspace: Path) -> None:
     require_root()
-    result = sandbox.run(SandboxSpec(("python3", "-c", "x = bytearray(48 << 20); print(len(x))"), workspace,
-                                     limits=Limits(memory=256 << 20)))
+    result = sandbox.run(
+        SandboxSpec(
+            ("python3", "-c", "x = bytearray(48 << 20); print(len(x))"), workspace, limits=Limits(memory=256 << 20)
+        )
+    )
     assert result.ok, result.stderr
     assert result.peak_memory is not None
     assert result.peak_memory > 48 << 20

@@ -92,6 +92,9 @@ def test_staged_sources_are_bound_from_their_mount_points() -> None:
     stage = {WS: Path("/run/corral/stage/s0/0"), Path("/opt/data"): Path("/run/corral/stage/s0/1")}
     argv = build_argv(SandboxSpec(("true",), WS, ro_binds=(Path("/opt/data"),)), LAYOUT, staged=stage)
     assert ("/run/corral/stage/s0/1", "/opt/data") in pairs(argv, "--ro-bind")
-    assert pairs(argv, "--bind") == [("/run/corral/stage/s0/0", str(WS)), ("/run/corral/stage/s0/0/.git", str(WS / ".git"))]
+    assert pairs(argv, "--bind") == [
+        ("/run/corral/stage/s0/0", str(WS)),
+        ("/run/corral/stage/s0/0/.git", str(WS / ".git")),
+    ]
     assert ("/run/corral/stage/s0/0/.git/hooks", str(WS / ".git/hooks")) in pairs(argv, "--ro-bind")
     assert ("/usr", "/usr") in pairs(argv, "--ro-bind")

@@ -14,8 +14,13 @@ V2 = "0::/user.slice/session-1.scope\n"
 
 
 def test_parse_proc_cgroup() -> None:
-    assert cgroups.parse_proc_cgroup(HYBRID) == {"pids": "/", "memory": "/process_api/abc", "cpu": "/",
-                                                  "cpuacct": "/", "": "/"}
+    assert cgroups.parse_proc_cgroup(HYBRID) == {
+        "pids": "/",
+        "memory": "/process_api/abc",
+        "cpu": "/",
+        "cpuacct": "/",
+        "": "/",
+    }
 
 
 def make_v1(root: Path) -> None:

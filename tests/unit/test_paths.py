@@ -25,8 +25,12 @@ def repo(tmp_path: Path) -> Path:
 
 def test_find_protected(repo: Path) -> None:
     assert paths.find_protected(repo) == {
-        repo / ".git/hooks", repo / ".git/config", repo / ".bashrc", repo / "sub/.claude/commands",
-        repo / "sub/nested/.vscode", repo / "worktree/.git",
+        repo / ".git/hooks",
+        repo / ".git/config",
+        repo / ".bashrc",
+        repo / "sub/.claude/commands",
+        repo / "sub/nested/.vscode",
+        repo / "worktree/.git",
     }
 
 
@@ -39,8 +43,7 @@ def test_find_protected_stops_at_the_depth(repo: Path) -> None:
 
 def test_parents_are_pinned(repo: Path) -> None:
     layout = paths.plan_layout(SandboxSpec(("true",), repo), [], paths.find_protected(repo))
-    assert layout.pinned == (repo / ".git", repo / "sub", repo / "worktree", repo / "sub/.claude",
-                             repo / "sub/nested")
+    assert layout.pinned == (repo / ".git", repo / "sub", repo / "worktree", repo / "sub/.claude", repo / "sub/nested")
 
 
 def test_nothing_is_created_on_the_host(repo: Path) -> None:

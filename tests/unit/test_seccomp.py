@@ -20,8 +20,21 @@ def test_af_unix_sockets_are_denied_but_socketpair_is_allowed() -> None:
 
 
 def test_escape_syscalls_are_denied() -> None:
-    for name in ("ptrace", "mount", "umount2", "unshare", "setns", "keyctl", "add_key", "request_key", "bpf",
-                 "process_vm_readv", "pivot_root", "chroot", "open_by_handle_at"):
+    for name in (
+        "ptrace",
+        "mount",
+        "umount2",
+        "unshare",
+        "setns",
+        "keyctl",
+        "add_key",
+        "request_key",
+        "bpf",
+        "process_vm_readv",
+        "pivot_root",
+        "chroot",
+        "open_by_handle_at",
+    ):
         (rule,) = rules_for(name)
         assert rule.arg is None
         assert rule.errno == errno.EPERM

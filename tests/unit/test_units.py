@@ -19,7 +19,9 @@ def test_parse_size_refuses_with_a_sentence(text: str) -> None:
     assert err.value.exit_code == 4
 
 
-@pytest.mark.parametrize(("text", "expected"), [("30", 30.0), ("30s", 30.0), ("250ms", 0.25), ("5m", 300.0), ("1h", 3600.0)])
+@pytest.mark.parametrize(
+    ("text", "expected"), [("30", 30.0), ("30s", 30.0), ("250ms", 0.25), ("5m", 300.0), ("1h", 3600.0)]
+)
 def test_parse_duration(text: str, expected: float) -> None:
     assert parse_duration(text) == expected
 
@@ -34,7 +36,7 @@ def test_counts_and_cpus() -> None:
     assert parse_count("256") == 256
     assert parse_cpus("0.5") == 0.5
     for bad in ("many", "0", "-3"):
-        with pytest.raises(BadLimitError, match="whole number|more than zero"):
+        with pytest.raises(BadLimitError, match=r"whole number|more than zero"):
             parse_count(bad, what="pids limit")
     for bad in ("fast", "0", "99999"):
         with pytest.raises(BadLimitError, match="cores"):
