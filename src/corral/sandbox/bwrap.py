@@ -148,22 +148,41 @@ class BwrapSandbox:
         visible = [Path(p) for p, _ in layout.system] + [spec.workspace, *spec.ro_binds]
         resolve_command(spec, visible)
         program = seccomp.load_bpf(self.settings.home / "cache")
+        self.reap()
         slot = slots.acquire(self.settings.runtime, self.settings.sandbox_slots)
         try:
-            self._reap_slot(slot)
             return self._run_in_slot(spec, layout, program, slot, on_output, stdin, on_start)
         finally:
             slot.release()
 
-    def _reap_slot(self, slot: slots.Slot) -> None:
-        """Remove what an earlier holder of this slot left behind when it was killed."""
+    def reap(self) -> list[str]:
+        """Remove what killed callers left in free slots: processes, cgroups, staging, workspace ownership."""
+        runtime = self.settings.runtime
+        found = {slots.check_index(name) for name in self.driver.leftovers()}
+        found |= {slots.check_index(p.name) for p in _entries(runtime / "stage")}
+        found |= {slots.check_index(f"s{p.stem}") for p in _entries(runtime / "slots") if p.stat().st_size}
+        reaped: list[str] = []
+        for index in sorted(i for i in found if i is not None):
+            slot = slots.lock_if_free(runtime / "slots", index)
+            if slot is not None:
+                try:
+                    reaped += self._reap_slot(slot)
+                finally:
+                    slot.release()
+        return reaped
+
+    def _reap_slot(self, slot: slots.Slot) -> list[str]:
+        reaped = []
         group = self.driver.group(slot.name)
         if any(d.exists() for d in group.dirs):
-            group.kill()
-            group.remove()
+            _remove_group(group)
+            reaped.append(f"cgroups of {slot.name}")
+        staging.clear(self.settings.runtime, slot.name)
         leftover = slots.leftover_owner(slot)
         if leftover is not None:
             slots.restore_owner(*leftover)
+            reaped.append(f"ownership of {leftover[0]}")
+        return reaped
 
     def _run_in_slot(
         self,
@@ -215,6 +234,13 @@ class BwrapSandbox:
         return _result(
             code, proc.killed_by, oom, duration, peak, out, err, self.driver, wants_limits, violations, slot.name
         )
+
+
+def _entries(directory: Path) -> list[Path]:
+    try:
+        return list(directory.iterdir())
+    except FileNotFoundError:
+        return []
 
 
 def _which(program: str) -> str | None:
