@@ -37,8 +37,8 @@ def test_find_protected(repo: Path) -> None:
 def test_find_protected_stops_at_the_depth(repo: Path) -> None:
     deep = repo / "a/b/c/d"
     (deep / ".idea").mkdir(parents=True)
-    assert deep / ".idea" not in paths.find_protected(repo)
-    assert deep / ".idea" in paths.find_protected(repo, depth=4)
+    assert deep / ".idea" not in paths.present(repo)
+    assert deep / ".idea" in paths.present(repo, depth=4)
 
 
 def test_parents_are_pinned(repo: Path) -> None:
@@ -53,7 +53,7 @@ def test_nothing_is_created_on_the_host(repo: Path) -> None:
 
 
 def test_remove_created_removes_only_what_is_new(repo: Path) -> None:
-    before = paths.find_protected(repo)
+    before = paths.present(repo)
     (repo / ".vscode").mkdir()
     (repo / ".vscode/tasks.json").write_text("{}")
     (repo / ".mcp.json").write_text("{}")
@@ -102,3 +102,40 @@ def test_system_entries_follow_the_host(tmp_path: Path) -> None:
     (tmp_path / "bin").symlink_to("usr/bin")
     (tmp_path / "lib").mkdir()
     assert paths.system_entries(tmp_path) == (("/usr", None), ("/etc", None), ("/bin", "usr/bin"), ("/lib", None))
+
+
+def test_a_link_to_a_hooks_dir_in_the_tree_protects_the_target(repo: Path) -> None:
+    (repo / ".githooks").mkdir()
+    (repo / ".git/hooks").rmdir()
+    (repo / ".git/hooks").symlink_to("../.githooks")
+    protected = paths.find_protected(repo)
+    assert repo / ".githooks" in protected
+    assert repo / ".git/hooks" not in protected  # a link cannot be bound; its target is
+    assert paths.remove_created(repo, paths.present(repo)) == []  # the user's own link is no violation
+
+
+def test_core_hooks_path_is_protected(repo: Path) -> None:
+    (repo / ".husky/_").mkdir(parents=True)
+    (repo / ".git/config").write_text("[core]\n\thooksPath = .husky/_\n")
+    assert repo / ".husky/_" in paths.find_protected(repo)
+
+
+def test_git_metadata_that_redirects_git_is_protected(repo: Path) -> None:
+    before = paths.present(repo)
+    (repo / ".git/commondir").write_text("../.evil\n")
+    (repo / ".git/modules/sub").mkdir(parents=True)
+    (repo / "plain").mkdir()
+    (repo / "plain/.git").mkdir()  # a repository the sandbox made: host git would obey its config
+    assert paths.remove_created(repo, before) == [repo / ".git/commondir", repo / ".git/modules", repo / "plain/.git"]
+
+
+def test_cleanup_never_follows_a_planted_link(repo: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    (victim / "hooks").mkdir(parents=True)
+    (victim / "config").write_text("keep me")
+    before = paths.present(repo)
+    (repo / "sub/.git").symlink_to(victim)
+    assert paths.remove_created(repo, before) == [repo / "sub/.git"]
+    assert not (repo / "sub/.git").is_symlink()  # the link is gone ...
+    assert (victim / "config").read_text() == "keep me"  # ... and what it pointed at is untouched
+    assert (victim / "hooks").is_dir()

@@ -12,11 +12,24 @@ def rules_for(name: str) -> list[Rule]:
     return [rule for rule in DEFAULT_RULES if rule.syscall == name]
 
 
-def test_af_unix_sockets_are_denied_but_socketpair_is_allowed() -> None:
-    (rule,) = rules_for("socket")
-    assert (rule.arg, rule.op, rule.value, rule.errno) == (0, "eq", socket.AF_UNIX, errno.EPERM)
+def test_only_inet_inet6_and_netlink_sockets_can_be_made() -> None:
+    """Every family from 0 up is denied by some rule, except the three an agent needs."""
+    rules = rules_for("socket")
+    assert all(rule.arg == 0 and rule.errno == errno.EPERM for rule in rules)
+
+    def denied(family: int) -> bool:
+        return any((r.op == "eq" and family == r.value) or (r.op == "gt" and family > r.value) for r in rules)
+
+    assert [f for f in range(64) if not denied(f)] == [socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK]
+    assert denied(socket.AF_UNIX)
+    assert denied(socket.AF_VSOCK)
+    assert denied((1 << 32) | socket.AF_UNIX)  # the kernel reads an int; upper bits must not help
     assert seccomp.AF_UNIX == socket.AF_UNIX
-    assert rules_for("socketpair") == []
+
+
+def test_socketpair_is_allowed_for_af_unix_only() -> None:
+    (rule,) = rules_for("socketpair")
+    assert (rule.op, rule.value) == ("gt", socket.AF_UNIX)
 
 
 def test_escape_syscalls_are_denied() -> None:

@@ -144,14 +144,16 @@ class BwrapSandbox:
     ) -> RunResult:
         """Run ``spec`` to its end and report how it ended."""
         self.check(spec)
-        layout = paths.plan_layout(spec, self.secrets(), paths.find_protected(spec.workspace))
+        spec = _real_paths(spec)
+        before = paths.present(spec.workspace)
+        layout = paths.plan_layout(spec, self.secrets(), paths.find_protected(spec.workspace, before))
         visible = [Path(p) for p, _ in layout.system] + [spec.workspace, *spec.ro_binds]
         resolve_command(spec, visible)
         program = seccomp.load_bpf(self.settings.home / "cache")
         self.reap()
         slot = slots.acquire(self.settings.runtime, self.settings.sandbox_slots)
         try:
-            return self._run_in_slot(spec, layout, program, slot, on_output, stdin, on_start)
+            return self._run_in_slot(spec, layout, before, program, slot, on_output, stdin, on_start)
         finally:
             slot.release()
 
@@ -173,10 +175,11 @@ class BwrapSandbox:
 
     def _reap_slot(self, slot: slots.Slot) -> list[str]:
         reaped = []
-        group = self.driver.group(slot.name)
-        if any(d.exists() for d in group.dirs):
-            _remove_group(group)
-            reaped.append(f"cgroups of {slot.name}")
+        own = self.driver.group(slot.name)
+        for group in (own, cgroups.Cgroup.from_roles(*slots.leftover_cgroups(slot))):
+            if any(d.exists() for d in group.dirs):
+                _remove_group(group)
+                reaped.append(f"cgroups of {slot.name}")
         staging.clear(self.settings.runtime, slot.name)
         leftover = slots.leftover_owner(slot)
         if leftover is not None:
@@ -188,6 +191,7 @@ class BwrapSandbox:
         self,
         spec: SandboxSpec,
         layout: paths.Layout,
+        before: frozenset[Path],
         program: bytes,
         slot: slots.Slot,
         on_output: OutputSink | None,
@@ -199,6 +203,7 @@ class BwrapSandbox:
         with contextlib.ExitStack() as undo:  # undone in reverse: fds, workspace owner, cgroups
             group = None
             if self.driver.available:
+                slot.record(cgroup_version=self.driver.version, cgroups=self.driver.group(slot.name).roles())
                 group = self.driver.create(slot.name, limits)
                 undo.callback(_remove_group, group)
             if host_uid is not None:
@@ -226,7 +231,7 @@ class BwrapSandbox:
             duration = time.monotonic() - proc.started
             oom = group is not None and group.oom_kills() > 0
             peak = group.peak_memory() if group is not None else None
-        created = paths.remove_created(spec.workspace, frozenset(layout.protected))
+        created = paths.remove_created(spec.workspace, before)
         violations = tuple(
             Violation("protected-path", str(p), "created inside the sandbox; removed after the run") for p in created
         )
@@ -234,6 +239,21 @@ class BwrapSandbox:
         return _result(
             code, proc.killed_by, oom, duration, peak, out, err, self.driver, wants_limits, violations, slot.name
         )
+
+
+def _real_paths(spec: SandboxSpec) -> SandboxSpec:
+    """The spec with every host path resolved, so links and ``..`` cannot dodge a comparison."""
+
+    def real(path: Path) -> Path:
+        return Path(os.path.realpath(path))
+
+    return dataclasses.replace(
+        spec,
+        workspace=real(spec.workspace),
+        cwd=real(spec.cwd) if spec.cwd is not None else None,
+        ro_binds=tuple(map(real, spec.ro_binds)),
+        deny=tuple(map(real, spec.deny)),
+    )
 
 
 def _entries(directory: Path) -> list[Path]:

@@ -53,6 +53,18 @@ class Cgroup:
     unified: Path | None
     """A v2 group used only for ``cgroup.kill`` on a hybrid host."""
 
+    def roles(self) -> dict[str, str]:
+        """The group's directories by role, as a slot records them."""
+        found = {"memory": self.memory, "pids": self.pids, "cpu": self.cpu, "unified": self.unified}
+        return {role: str(path) for role, path in found.items() if path is not None}
+
+    @classmethod
+    def from_roles(cls, version: int, roles: dict[str, str]) -> Cgroup:
+        def get(role: str) -> Path | None:
+            return Path(roles[role]) if role in roles else None
+
+        return cls(version, get("memory"), get("pids"), get("cpu"), get("unified"))
+
     @property
     def dirs(self) -> tuple[Path, ...]:
         return tuple(dict.fromkeys(d for d in (self.memory, self.pids, self.cpu, self.unified) if d is not None))

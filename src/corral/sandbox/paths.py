@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from corral.errors import UsageError, WorkspaceError
 from corral.sandbox.spec import SandboxSpec
 
-__all__ = ["Layout", "find_protected", "plan_layout", "remove_created"]
+__all__ = ["Layout", "find_protected", "plan_layout", "present", "remove_created"]
 
 SYSTEM_DIRS = ("usr", "etc", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
 PROTECTED_NAMES = (
@@ -44,7 +45,16 @@ PROTECTED_NAMES = (
     ".vscode",
     ".idea",
 )
-PROTECTED_SUBPATHS = (".git/hooks", ".git/config", ".claude/commands", ".claude/agents")
+PROTECTED_SUBPATHS = (
+    ".git/hooks",
+    ".git/config",
+    ".git/config.worktree",
+    ".git/commondir",
+    ".git/modules",
+    ".git/worktrees",
+    ".claude/commands",
+    ".claude/agents",
+)
 PROTECTED_DEPTH = 3
 SKIP_DIRS = frozenset({".git", "node_modules", ".venv", "__pycache__"})
 HOME_SECRETS = (
@@ -111,49 +121,74 @@ def _walk(workspace: Path, depth: int) -> Iterator[Path]:
         level = following
 
 
-def _no_symlinks(directory: Path, relative: str) -> bool:
-    """Whether ``directory/relative`` exists with no symlink on the way (so a bind cannot be redirected)."""
-    path = directory
-    for part in relative.split("/"):
-        path = path / part
-        if not os.path.lexists(path) or path.is_symlink():
+def _through_real_dirs(path: Path, workspace: Path) -> bool:
+    """Whether ``path`` exists and every directory between the workspace and it is a real one (no link)."""
+    parent = path.parent
+    while parent != workspace:
+        if parent.is_symlink() or not parent.is_dir():
             return False
-    return True
+        parent = parent.parent
+    return os.path.lexists(path)
 
 
-def find_protected(workspace: Path, depth: int = PROTECTED_DEPTH) -> frozenset[Path]:
-    """Protected paths that exist now in the workspace (a ``.git`` file of a worktree included).
+def _hooks_path(directory: Path) -> Path | None:
+    """The directory ``core.hooksPath`` in ``directory/.git/config`` names (husky and the like), if any."""
+    try:
+        text = (directory / ".git" / "config").read_text(errors="replace")
+    except OSError:
+        return None
+    match = re.search(r"^\s*hookspath\s*=\s*(.+?)\s*$", text, re.IGNORECASE | re.MULTILINE)
+    if match is None:
+        return None
+    value = Path(match[1].strip('"')).expanduser()
+    return value if value.is_absolute() else directory / value
 
-    Symlinks are never followed or bound: a bind through a link planted by an earlier run could
-    otherwise expose whatever the link points to.
+
+def _candidates(workspace: Path, depth: int) -> Iterator[Path]:
+    for directory in _walk(workspace, depth):
+        yield directory / ".git"
+        for name in (*PROTECTED_NAMES, *PROTECTED_SUBPATHS):
+            yield directory / name
+        hooks = _hooks_path(directory)
+        if hooks is not None:
+            yield hooks
+
+
+def present(workspace: Path, depth: int = PROTECTED_DEPTH) -> frozenset[Path]:
+    """Protected paths present now, reached without following links (a link itself counts).
+
+    This is the snapshot compared before and after a run; ``.git`` counts in every form, since a
+    ``.git`` the sandbox made would hand host git a config and hooks of its choosing.
+    """
+    return frozenset(path for path in _candidates(workspace, depth) if _through_real_dirs(path, workspace))
+
+
+def find_protected(workspace: Path, snapshot: frozenset[Path] | None = None) -> frozenset[Path]:
+    """Protected paths to bind read-only: real files and directories only, never through a link.
+
+    ``snapshot`` is what ``present`` found, when the caller has it already.
+
+    Where a protected path is a link to somewhere in the workspace (a hooks directory kept in the
+    tree), the link's target is protected instead; a link elsewhere leads outside what is bound.
+    A ``.git`` directory itself stays writable (objects, refs, the index); its dangerous parts are
+    in the lists.
     """
     found: set[Path] = set()
-    for directory in _walk(workspace, depth):
-        for name in (*PROTECTED_NAMES, *PROTECTED_SUBPATHS):
-            if _no_symlinks(directory, name):
-                found.add(directory / name)
-        git = directory / ".git"
-        if git.is_file() and not git.is_symlink():
-            found.add(git)
-    return frozenset(found)
-
-
-def _created(workspace: Path, depth: int = PROTECTED_DEPTH) -> frozenset[Path]:
-    """Protected paths present now, symlinks included (a planted link counts as created)."""
-    found = {
-        directory / name
-        for directory in _walk(workspace, depth)
-        for name in (*PROTECTED_NAMES, *PROTECTED_SUBPATHS)
-        if os.path.lexists(directory / name)
-    }
+    for path in present(workspace) if snapshot is None else snapshot:
+        if path.is_symlink():
+            target = Path(os.path.realpath(path))
+            if target.is_relative_to(workspace) and target != workspace and target.exists():
+                found.add(target)
+        elif not (path.name == ".git" and path.is_dir()):
+            found.add(path)
     return frozenset(found)
 
 
 def remove_created(workspace: Path, before: frozenset[Path]) -> list[Path]:
-    """Remove protected paths the sandbox created; return them."""
+    """Remove protected paths the sandbox created; return them. Never follows a link: a link is unlinked."""
     import shutil
 
-    created = sorted(_created(workspace) - before)
+    created = sorted(present(workspace) - before)
     for path in created:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
@@ -181,7 +216,7 @@ def secret_paths(spec: SandboxSpec, secrets: Iterable[Path]) -> list[Path]:
     sock = os.environ.get("SSH_AUTH_SOCK")
     if sock:
         never.append(Path(sock))
-    return [p.absolute() for p in never]
+    return [Path(os.path.realpath(p)) for p in never]
 
 
 def plan_layout(spec: SandboxSpec, secrets: Iterable[Path], protected: Iterable[Path]) -> Layout:

@@ -50,7 +50,7 @@ class Supervised:
         env: dict[str, str],
         pass_fds: Sequence[int] = (),
         preexec: Callable[[], None] | None = None,
-        stdin: int | None = subprocess.DEVNULL,
+        stdin: int | None = None,
         kill_tree: Callable[[], None] | None = None,
     ) -> None:
         self._kill_tree = kill_tree
@@ -60,7 +60,7 @@ class Supervised:
         self.popen = subprocess.Popen(
             argv,
             env=env,
-            stdin=stdin,
+            stdin=subprocess.DEVNULL if stdin is None else stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             pass_fds=tuple(pass_fds),

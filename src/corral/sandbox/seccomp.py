@@ -1,10 +1,16 @@
 """The seccomp filter of the sandboxed command: its rules as data, compiled once to BPF.
 
-The rules deny what a coding agent never needs and an escape always does: creating AF_UNIX
-sockets (the way to a host socket such as the egress proxy or a container engine), io_uring
-(its SOCKET op would bypass that rule), ptrace and cross-process memory access, mounts,
-new namespaces, the kernel keyring, and terminal input injection. ``socketpair(AF_UNIX)`` stays
+The rules deny what a coding agent never needs and an escape always does: sockets of any family
+but IPv4, IPv6 and netlink (AF_UNIX is the way to a host socket such as the egress proxy or a
+container engine; AF_VSOCK reaches the hypervisor past the network namespace), io_uring (its
+SOCKET op would bypass those rules), ptrace and cross-process memory access, mounts, new
+namespaces, the kernel keyring, and terminal input injection. ``socketpair(AF_UNIX)`` stays
 allowed: it connects to nothing outside, and Node and libuv use it for child-process pipes.
+
+Arguments are compared as the full 64-bit register: the kernel reads a socket family as an int,
+so garbage in the upper bits must not slip past an equality test. Families above netlink are
+denied with one ``gt`` test, which also catches any value with upper bits set; the low
+families other than IPv4, IPv6 and netlink are denied one by one.
 
 Compiling needs libseccomp (through ``pyseccomp``), whose import alone costs tens of
 milliseconds, so the BPF bytes are cached on disk keyed by the rules; bwrap loads them from an fd.
@@ -23,9 +29,11 @@ from corral.errors import SandboxUnavailableError
 
 __all__ = ["DEFAULT_RULES", "Rule", "compile_bpf", "load_bpf"]
 
-Op = Literal["eq", "masked_eq"]
+Op = Literal["eq", "gt", "masked_eq"]
 
 AF_UNIX = 1  # socket.AF_UNIX, without importing socket on the start-up path
+AF_INET, AF_INET6, AF_NETLINK = 2, 10, 16
+ALLOWED_FAMILIES = (AF_INET, AF_INET6, AF_NETLINK)
 CLONE_NAMESPACE_FLAGS = {
     "CLONE_NEWNS": 0x00020000,
     "CLONE_NEWCGROUP": 0x02000000,
@@ -56,6 +64,13 @@ def _rules() -> tuple[Rule, ...]:
     deny = errno.EPERM
     rules = [
         Rule("socket", deny, 0, "eq", AF_UNIX, why="reach host sockets (proxy, docker.sock)"),
+        *(
+            Rule("socket", deny, 0, "eq", family, why="only IPv4, IPv6 and netlink sockets are needed")
+            for family in range(AF_NETLINK)
+            if family not in (AF_UNIX, *ALLOWED_FAMILIES)
+        ),
+        Rule("socket", deny, 0, "gt", AF_NETLINK, why="vsock, packet, alg and the rest; and upper-bit tricks"),
+        Rule("socketpair", deny, 0, "gt", AF_UNIX, why="only AF_UNIX pairs are needed"),
         *(
             Rule(name, errno.ENOSYS, why="io_uring ops bypass socket rules")
             for name in ("io_uring_setup", "io_uring_enter", "io_uring_register")
@@ -128,7 +143,7 @@ def compile_bpf(rules: tuple[Rule, ...] = DEFAULT_RULES) -> bytes:
     except (ImportError, RuntimeError) as err:  # RuntimeError: libseccomp.so missing
         msg = f"seccomp filters cannot be built ({err}); install libseccomp2 and the pyseccomp package."
         raise SandboxUnavailableError(msg) from None
-    ops = {"eq": sc.EQ, "masked_eq": sc.MASKED_EQ}
+    ops = {"eq": sc.EQ, "gt": sc.GT, "masked_eq": sc.MASKED_EQ}
     filt = sc.SyscallFilter(defaction=sc.ALLOW)
     for rule in rules:
         if rule.arg is None:

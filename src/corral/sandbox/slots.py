@@ -32,10 +32,10 @@ class Slot:
         return f"s{self.index}"
 
     def record(self, **facts: object) -> None:
-        """Note what must be undone if the holder dies (read back by ``facts``)."""
+        """Add to the notes of what must be undone if the holder dies (read back by ``facts``)."""
         import json
 
-        data = json.dumps({"pid": os.getpid(), **facts}).encode()
+        data = json.dumps({"pid": os.getpid(), **self.facts(), **facts}).encode()
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, data, 0)
 
@@ -118,6 +118,15 @@ def leftover_owner(slot: Slot) -> tuple[Path, int, tuple[int, int]] | None:
     if isinstance(workspace, str) and isinstance(uid, int) and isinstance(owner, list) and len(owner) == 2:
         return Path(workspace), uid, (int(owner[0]), int(owner[1]))
     return None
+
+
+def leftover_cgroups(slot: Slot) -> tuple[int, dict[str, str]]:
+    """The cgroup version and directories a dead holder recorded (maybe below another process's group)."""
+    facts = slot.facts()
+    version, roles = facts.get("cgroup_version"), facts.get("cgroups")
+    if isinstance(version, int) and isinstance(roles, dict):
+        return version, {str(k): str(v) for k, v in roles.items()}
+    return 0, {}
 
 
 def check_index(name: str) -> int | None:
