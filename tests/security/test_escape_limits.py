@@ -32,13 +32,14 @@ def processes_of(settings: Settings, result: RunResult) -> list[int]:
     return [pid for pid, owner in sandbox_processes(settings).items() if owner == uid]
 
 
-def group_of(sandbox: BwrapSandbox, pid: int) -> Path:
-    """The sandbox pids cgroup that ``pid`` is in."""
+def group_of(sandbox: BwrapSandbox, bwrap_pid: int) -> Path:
+    """The sandbox pids cgroup that the sandbox started by ``bwrap_pid`` is in (bwrap's child joins it)."""
     base = sandbox.driver.bases["pids"]
+    children = Path(f"/proc/{bwrap_pid}/task/{bwrap_pid}/children").read_text().split()
     for group in sandbox_cgroups(sandbox.driver):
-        if group.parent == base and str(pid) in (group / "cgroup.procs").read_text().split():
+        if group.parent == base and set(children) & set((group / "cgroup.procs").read_text().split()):
             return group
-    raise AssertionError(f"process {pid} is in no sandbox pids cgroup")
+    raise AssertionError(f"the sandbox of bwrap {bwrap_pid} is in no sandbox pids cgroup")
 
 
 FORK_BOMB = """\

@@ -98,3 +98,10 @@ def test_staged_sources_are_bound_from_their_mount_points() -> None:
     ]
     assert ("/run/corral/stage/s0/0/.git/hooks", str(WS / ".git/hooks")) in pairs(argv, "--ro-bind")
     assert ("/usr", "/usr") in pairs(argv, "--ro-bind")
+
+
+def test_the_command_waits_on_the_gate_until_the_parent_opens_it() -> None:
+    argv = build_argv(SandboxSpec(("true",), WS), LAYOUT, info_fd=5, gate_fd=6)
+    assert argv[argv.index("--info-fd") + 1] == "5"
+    assert argv[argv.index("--block-fd") + 1] == "6"
+    assert argv.index("--block-fd") < argv.index("--")

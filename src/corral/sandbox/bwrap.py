@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -23,6 +25,8 @@ from corral.settings import Settings
 __all__ = ["BwrapSandbox", "build_argv", "resolve_command"]
 
 OOM_EXIT = 137
+REAP_INTERVAL = 30.0
+"""Seconds between full sweeps for leftovers; the slot a run takes is always swept first."""
 TIMEOUT_EXIT = 124
 
 
@@ -33,6 +37,8 @@ def build_argv(
     bwrap: str = "bwrap",
     seccomp_fd: int | None = None,
     staged: Mapping[Path, Path] | None = None,
+    info_fd: int | None = None,
+    gate_fd: int | None = None,
 ) -> list[str]:
     """The complete bwrap command line for ``spec`` (pure: no I/O).
 
@@ -80,6 +86,10 @@ def build_argv(
     argv += ["--remount-ro", "/", "--chdir", str(spec.cwd or spec.workspace)]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
+    if info_fd is not None:
+        argv += ["--info-fd", str(info_fd)]
+    if gate_fd is not None:
+        argv += ["--block-fd", str(gate_fd)]
     return [*argv, "--", *spec.command]
 
 
@@ -109,6 +119,7 @@ class BwrapSandbox:
 
     settings: Settings
     driver: cgroups.CgroupDriver = dataclasses.field(default_factory=cgroups.detect)
+    _reaped_at: float = dataclasses.field(default=-REAP_INTERVAL, init=False, repr=False)
 
     @property
     def is_root(self) -> bool:
@@ -127,7 +138,7 @@ class BwrapSandbox:
                 f"The sandbox uid/gid {spec.uid}/{spec.gid} would be root inside; use an unprivileged id such as 1000."
             )
             raise UsageError(msg)
-        if _which(self.settings.bwrap) is None:
+        if _which(self.settings.bwrap, os.environ.get("PATH", os.defpath)) is None:
             msg = (
                 f"bubblewrap ({self.settings.bwrap!r}) is not installed; install it "
                 f"(apt-get install --no-install-recommends bubblewrap) and run corral doctor."
@@ -150,15 +161,18 @@ class BwrapSandbox:
         visible = [Path(p) for p, _ in layout.system] + [spec.workspace, *spec.ro_binds]
         resolve_command(spec, visible)
         program = seccomp.load_bpf(self.settings.home / "cache")
-        self.reap()
+        if time.monotonic() - self._reaped_at > REAP_INTERVAL:
+            self.reap()
         slot = slots.acquire(self.settings.runtime, self.settings.sandbox_slots)
         try:
+            self._reap_slot(slot)
             return self._run_in_slot(spec, layout, before, program, slot, on_output, stdin, on_start)
         finally:
             slot.release()
 
     def reap(self) -> list[str]:
         """Remove what killed callers left in free slots: processes, cgroups, staging, workspace ownership."""
+        self._reaped_at = time.monotonic()
         runtime = self.settings.runtime
         found = {slots.check_index(name) for name in self.driver.leftovers()}
         found |= {slots.check_index(p.name) for p in _entries(runtime / "stage")}
@@ -210,26 +224,45 @@ class BwrapSandbox:
                 owner = slots.take_owner(slot, spec.workspace, host_uid)
                 undo.callback(slots.restore_owner, spec.workspace, host_uid, owner)
             seccomp_fd = _pipe_with(program, undo)
-            join_fds = [_open(p, os.O_WRONLY, undo) for p in group.procs_files()] if group is not None else []
             staged: dict[Path, Path] = {}
-            if host_uid is not None:
+            if host_uid is not None and not all(map(_reachable_by_others, (spec.workspace, *spec.ro_binds))):
                 staged = staging.prepare(self.settings.runtime, slot.name, (spec.workspace, *spec.ro_binds))
                 undo.callback(staging.clear, self.settings.runtime, slot.name)
-            argv = build_argv(spec, layout, bwrap=self.settings.bwrap, seccomp_fd=seccomp_fd, staged=staged)
-            proc = Supervised(
-                argv,
-                env=spec.full_env(),
-                pass_fds=(seccomp_fd,),
-                stdin=stdin,
-                preexec=_child_setup(join_fds, staged, host_uid),
-                kill_tree=group.kill if group is not None else None,
+            # bwrap reports its sandbox's pid on info_fd and waits on gate_fd before running the
+            # command, so the parent can put both in the cgroups first (no code runs in the child).
+            info_read, info_fd = os.pipe()
+            undo.callback(os.close, info_read)
+            gate_fd, gate_write = os.pipe()
+            undo.callback(os.close, gate_write)
+            argv = build_argv(
+                spec,
+                layout,
+                bwrap=self.settings.bwrap,
+                seccomp_fd=seccomp_fd,
+                staged=staged,
+                info_fd=info_fd,
+                gate_fd=gate_fd,
             )
+            try:
+                proc = Supervised(
+                    argv,
+                    env=spec.full_env(),
+                    pass_fds=(seccomp_fd, info_fd, gate_fd),
+                    stdin=stdin,
+                    user=None if staged else host_uid,
+                    preexec=_child_setup(staged, host_uid) if staged else None,
+                    kill_tree=group.kill if group is not None else None,
+                )
+            finally:
+                os.close(info_fd)
+                os.close(gate_fd)
+            _join_and_open(proc.pid, info_read, gate_write, group)
             if on_start is not None:
                 on_start(proc)
             out, err = TailBuffer(self.settings.output_limit), TailBuffer(self.settings.output_limit)
             code = proc.pump(out, err, on_output, limits.timeout)
             duration = time.monotonic() - proc.started
-            oom = group is not None and group.oom_kills() > 0
+            oom = group is not None and code != 0 and group.oom_kills() > 0
             peak = group.peak_memory() if group is not None else None
         created = paths.remove_created(spec.workspace, before)
         violations = tuple(
@@ -263,11 +296,12 @@ def _entries(directory: Path) -> list[Path]:
         return []
 
 
-def _which(program: str) -> str | None:
-    """``shutil.which`` without importing shutil (and fnmatch and re) on the start-up path."""
+@functools.cache
+def _which(program: str, search: str) -> str | None:
+    """``shutil.which`` without importing shutil (and fnmatch) on the start-up path; once a process."""
     if "/" in program:
         return program if os.access(program, os.X_OK) else None
-    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+    for directory in search.split(os.pathsep):
         candidate = Path(directory, program)
         if os.access(candidate, os.X_OK) and not candidate.is_dir():
             return str(candidate)
@@ -296,20 +330,38 @@ def _pipe_with(data: bytes, undo: contextlib.ExitStack) -> int:
     return read_fd
 
 
-def _child_setup(join_fds: list[int], staged: dict[Path, Path], host_uid: int | None) -> Callable[[], None]:
-    """What the forked child does before exec: join the cgroups, stage the binds, drop root for good."""
+def _child_setup(staged: dict[Path, Path], host_uid: int | None) -> Callable[[], None]:
+    """What the forked child does before exec when sources need staging: stage them, then drop root."""
 
     def setup() -> None:
-        for fd in join_fds:
-            os.write(fd, b"0")
-        if staged:
-            staging.enter_private_mounts(staged)
+        staging.enter_private_mounts(staged)
         if host_uid is not None:
             os.setgroups([])
             os.setresgid(host_uid, host_uid, host_uid)
             os.setresuid(host_uid, host_uid, host_uid)
 
     return setup
+
+
+def _reachable_by_others(path: Path) -> bool:
+    """Whether any user may look up ``path`` (every directory above it is searchable by others)."""
+    return all(parent.stat().st_mode & 0o001 for parent in path.parents)
+
+
+def _join_and_open(bwrap_pid: int, info_read: int, gate_write: int, group: cgroups.Cgroup | None) -> None:
+    """Put the sandbox into the cgroups, then let the command start.
+
+    Only the sandbox's first process joins (everything inside descends from it); bwrap's own
+    monitor stays outside and is killed by pid.
+    """
+    info = b""
+    while chunk := os.read(info_read, 4096):
+        info += chunk
+    if group is not None:
+        match = re.search(rb'"child-pid":\s*(\d+)', info)
+        group.join(int(match[1]) if match else bwrap_pid)
+    with contextlib.suppress(BrokenPipeError):  # bwrap already failed; pump() reports how
+        os.write(gate_write, b"1")
 
 
 def _result(

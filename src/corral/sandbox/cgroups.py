@@ -89,9 +89,17 @@ class Cgroup:
                 _write(self.cpu / "cpu.cfs_period_us", CPU_PERIOD_US)
                 _write(self.cpu / "cpu.cfs_quota_us", quota)
 
-    def pids_inside(self) -> set[int]:
-        found: set[int] = set()
+    def join(self, *pids: int) -> None:
+        """Move processes into every hierarchy of the group."""
         for procs in self.procs_files():
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):  # it died already; pump() reports it
+                    _write(procs, pid)
+
+    def pids_inside(self, *, first_only: bool = False) -> set[int]:
+        """The processes in the group (each hierarchy holds the same ones; ``first_only`` reads one)."""
+        found: set[int] = set()
+        for procs in self.procs_files()[:1] if first_only else self.procs_files():
             with contextlib.suppress(OSError):
                 found.update(int(line) for line in procs.read_text().split())
         return found
@@ -103,7 +111,7 @@ class Cgroup:
                 with contextlib.suppress(OSError):
                     _write(directory / "cgroup.kill", 1)
         for _ in range(50):
-            pids = self.pids_inside()
+            pids = self.pids_inside(first_only=True)
             if not pids:
                 return
             for pid in pids:

@@ -17,9 +17,10 @@ builder as plain data (``Layout``):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 from corral.errors import UsageError, WorkspaceError
@@ -28,33 +29,30 @@ from corral.sandbox.spec import SandboxSpec
 __all__ = ["Layout", "find_protected", "plan_layout", "present", "remove_created"]
 
 SYSTEM_DIRS = ("usr", "etc", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
-PROTECTED_NAMES = (
-    ".gitmodules",
-    ".gitconfig",
-    ".bashrc",
-    ".bash_profile",
-    ".bash_login",
-    ".bash_logout",
-    ".profile",
-    ".zshrc",
-    ".zshenv",
-    ".zprofile",
-    ".zlogin",
-    ".ripgreprc",
-    ".mcp.json",
-    ".vscode",
-    ".idea",
+PROTECTED_NAMES = frozenset(
+    {
+        ".gitmodules",
+        ".gitconfig",
+        ".bashrc",
+        ".bash_profile",
+        ".bash_login",
+        ".bash_logout",
+        ".profile",
+        ".zshrc",
+        ".zshenv",
+        ".zprofile",
+        ".zlogin",
+        ".ripgreprc",
+        ".mcp.json",
+        ".vscode",
+        ".idea",
+    }
 )
-PROTECTED_SUBPATHS = (
-    ".git/hooks",
-    ".git/config",
-    ".git/config.worktree",
-    ".git/commondir",
-    ".git/modules",
-    ".git/worktrees",
-    ".claude/commands",
-    ".claude/agents",
-)
+PROTECTED_IN = {
+    ".git": frozenset({"hooks", "config", "config.worktree", "commondir", "modules", "worktrees"}),
+    ".claude": frozenset({"commands", "agents"}),
+}
+"""Protected entries inside these directories (``.git/hooks``...)."""
 PROTECTED_DEPTH = 3
 SKIP_DIRS = frozenset({".git", "node_modules", ".venv", "__pycache__"})
 HOME_SECRETS = (
@@ -88,6 +86,7 @@ class Layout:
     """``(path, is_dir)`` hidden under an empty read-only tmpfs or /dev/null."""
 
 
+@functools.cache
 def system_entries(root: Path = Path("/")) -> tuple[tuple[str, str | None], ...]:
     entries: list[tuple[str, str | None]] = []
     for name in SYSTEM_DIRS:
@@ -99,33 +98,19 @@ def system_entries(root: Path = Path("/")) -> tuple[tuple[str, str | None], ...]
     return tuple(entries)
 
 
-def _walk(workspace: Path, depth: int) -> Iterator[Path]:
-    """The workspace and its directories down to ``depth``, not following symlinks."""
-    level = [workspace]
-    for _ in range(depth + 1):
-        following: list[Path] = []
-        for directory in level:
-            yield directory
-            try:
-                with os.scandir(directory) as entries:
-                    following.extend(
-                        Path(e.path)
-                        for e in entries
-                        if e.is_dir(follow_symlinks=False)
-                        and e.name not in SKIP_DIRS
-                        and e.name not in PROTECTED_NAMES
-                        and not e.name.startswith(".claude")
-                    )
-            except OSError:
-                continue
-        level = following
+def _listing(directory: Path) -> dict[str, os.DirEntry[str]]:
+    try:
+        with os.scandir(directory) as entries:
+            return {entry.name: entry for entry in entries}
+    except OSError:
+        return {}
 
 
 def _through_real_dirs(path: Path, workspace: Path) -> bool:
     """Whether ``path`` exists and every directory between the workspace and it is a real one (no link)."""
     parent = path.parent
     while parent != workspace:
-        if parent.is_symlink() or not parent.is_dir():
+        if parent.is_symlink() or not parent.is_dir() or not parent.is_relative_to(workspace):
             return False
         parent = parent.parent
     return os.path.lexists(path)
@@ -144,23 +129,40 @@ def _hooks_path(directory: Path) -> Path | None:
     return value if value.is_absolute() else directory / value
 
 
-def _candidates(workspace: Path, depth: int) -> Iterator[Path]:
-    for directory in _walk(workspace, depth):
-        yield directory / ".git"
-        for name in (*PROTECTED_NAMES, *PROTECTED_SUBPATHS):
-            yield directory / name
-        hooks = _hooks_path(directory)
-        if hooks is not None:
-            yield hooks
-
-
 def present(workspace: Path, depth: int = PROTECTED_DEPTH) -> frozenset[Path]:
     """Protected paths present now, reached without following links (a link itself counts).
 
-    This is the snapshot compared before and after a run; ``.git`` counts in every form, since a
-    ``.git`` the sandbox made would hand host git a config and hooks of its choosing.
+    One listing per directory, down to ``depth`` directories, never into a link, ``.git`` or
+    ``node_modules``. This is the snapshot compared before and after a run; ``.git`` counts in
+    every form, since a ``.git`` the sandbox made would hand host git a config and hooks of its
+    choosing.
     """
-    return frozenset(path for path in _candidates(workspace, depth) if _through_real_dirs(path, workspace))
+    found: set[Path] = set()
+    level = [workspace]
+    for _ in range(depth + 1):
+        deeper: list[Path] = []
+        for directory in level:
+            entries = _listing(directory)
+            found.update(directory / name for name in PROTECTED_NAMES.intersection(entries))
+            if ".git" in entries:
+                found.add(directory / ".git")
+            for name, inside in PROTECTED_IN.items():
+                if name in entries and entries[name].is_dir(follow_symlinks=False):
+                    found.update(directory / name / child for child in inside.intersection(_listing(directory / name)))
+            if ".git" in entries and entries[".git"].is_dir(follow_symlinks=False):
+                hooks = _hooks_path(directory)
+                if hooks is not None and _through_real_dirs(hooks, workspace):
+                    found.add(hooks)
+            deeper.extend(
+                Path(entry.path)
+                for name, entry in entries.items()
+                if name not in SKIP_DIRS
+                and name not in PROTECTED_NAMES
+                and name not in PROTECTED_IN
+                and entry.is_dir(follow_symlinks=False)
+            )
+        level = deeper
+    return frozenset(found)
 
 
 def find_protected(workspace: Path, snapshot: frozenset[Path] | None = None) -> frozenset[Path]:
@@ -207,16 +209,27 @@ def _pins(workspace: Path, protected: Iterable[Path]) -> tuple[Path, ...]:
     return tuple(sorted(pins, key=lambda p: (len(p.parts), p)))
 
 
+@functools.cache
+def _home_secrets(home: Path, ssh_agent: str | None) -> tuple[Path, ...]:
+    """Credentials in ``home`` and root's home, and the SSH agent socket, resolved (cached per value)."""
+    found = [base / name for base in (home, Path("/root")) for name in HOME_SECRETS]
+    if ssh_agent:
+        found.append(Path(ssh_agent))
+    return tuple(Path(os.path.realpath(p)) for p in found)
+
+
 def secret_paths(spec: SandboxSpec, secrets: Iterable[Path]) -> list[Path]:
     """Paths never visible: corral's own, the spec's deny list, credentials in homes, the SSH agent.
 
     Homes themselves (the caller's and ``/root``) are hidden by not being bound at all.
     """
-    never = [*secrets, *spec.deny, *(home / name for home in (Path.home(), Path("/root")) for name in HOME_SECRETS)]
-    sock = os.environ.get("SSH_AUTH_SOCK")
-    if sock:
-        never.append(Path(sock))
-    return [Path(os.path.realpath(p)) for p in never]
+    own = (Path(os.path.realpath(p)) for p in (*secrets, *spec.deny))
+    return [*own, *_home_secrets(Path.home(), os.environ.get("SSH_AUTH_SOCK"))]
+
+
+def _within(path: str, tree: str) -> bool:
+    """Whether ``path`` is ``tree`` or below it (resolved absolute paths, compared as text)."""
+    return path == tree or path.startswith(tree.rstrip("/") + "/")
 
 
 def plan_layout(spec: SandboxSpec, secrets: Iterable[Path], protected: Iterable[Path]) -> Layout:
@@ -225,23 +238,23 @@ def plan_layout(spec: SandboxSpec, secrets: Iterable[Path], protected: Iterable[
     if not workspace.is_dir():
         msg = f"The workspace {workspace} does not exist or is not a directory; create it or pass another --workspace."
         raise WorkspaceError(msg)
-    never = secret_paths(spec, secrets)
+    never = {str(path): path for path in secret_paths(spec, secrets)}
     for bind in (workspace, *spec.ro_binds):
         if not os.path.lexists(bind):
             msg = f"The path {bind} to bind read-only does not exist; fix the --ro value."
             raise WorkspaceError(msg)
         for secret in never:
-            if bind == secret or bind.is_relative_to(secret):
+            if _within(str(bind), secret):
                 msg = (
                     f"The path {bind} lies inside {secret}, which holds secrets and is never visible in a "
                     f"sandbox; bind a directory outside it."
                 )
                 raise UsageError(msg)
-    trees = (Path("/usr"), Path("/etc"), workspace, *spec.ro_binds)
+    trees = [str(tree) for tree in (Path("/usr"), Path("/etc"), workspace, *spec.ro_binds)]
     masks = tuple(
-        (secret, secret.is_dir() and not secret.is_symlink())
-        for secret in dict.fromkeys(never)
-        if os.path.lexists(secret) and any(secret.is_relative_to(tree) and secret != tree for tree in trees)
+        (path, path.is_dir() and not path.is_symlink())
+        for secret, path in never.items()
+        if any(secret != tree and _within(secret, tree) for tree in trees) and os.path.lexists(path)
     )
     protected = tuple(sorted(protected))
     return Layout(system_entries(), protected, _pins(workspace, protected), masks)

@@ -51,6 +51,7 @@ class Supervised:
         pass_fds: Sequence[int] = (),
         preexec: Callable[[], None] | None = None,
         stdin: int | None = None,
+        user: int | None = None,
         kill_tree: Callable[[], None] | None = None,
     ) -> None:
         self._kill_tree = kill_tree
@@ -65,6 +66,9 @@ class Supervised:
             stderr=subprocess.PIPE,
             pass_fds=tuple(pass_fds),
             preexec_fn=preexec,
+            user=user,
+            group=user,
+            extra_groups=[] if user is not None else None,
             close_fds=True,
         )
 

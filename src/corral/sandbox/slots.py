@@ -9,16 +9,14 @@ and remove it: processes, cgroups, and the workspace ownership a killed caller d
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import fcntl
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 from corral.errors import SandboxError
 
-__all__ = ["Slot", "acquire", "lock_if_free", "owned_tree", "restore_owner", "take_owner"]
+__all__ = ["Slot", "acquire", "lock_if_free", "restore_owner", "take_owner"]
 
 
 @dataclasses.dataclass
@@ -79,22 +77,25 @@ def acquire(runtime: Path, count: int) -> Slot:
     raise SandboxError(msg)
 
 
-def owned_tree(root: Path, uid: int) -> Iterator[Path]:
-    """Every path under ``root`` (itself included) owned by ``uid``, not following symlinks."""
-    if root.lstat().st_uid == uid:
-        yield root
-    for directory, dirnames, filenames in os.walk(root):
-        for name in (*dirnames, *filenames):
-            path = Path(directory, name)
-            with contextlib.suppress(FileNotFoundError):
-                if path.lstat().st_uid == uid:
-                    yield path
-
-
 def _chown_all(root: Path, old: tuple[int, int], new: tuple[int, int]) -> None:
-    for path in list(owned_tree(root, old[0])):
-        with contextlib.suppress(FileNotFoundError):
-            os.lchown(path, new[0], new[1])
+    """Give everything under ``root`` (itself included) that ``old`` owns to ``new``; links are not followed."""
+    if root.lstat().st_uid == old[0]:
+        os.lchown(root, *new)
+    stack = [str(root)]
+    while stack:
+        try:
+            entries = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    if entry.stat(follow_symlinks=False).st_uid == old[0]:
+                        os.lchown(entry.path, *new)
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                except FileNotFoundError:
+                    continue
 
 
 def take_owner(slot: Slot, workspace: Path, uid: int) -> tuple[int, int]:
