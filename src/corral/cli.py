@@ -28,6 +28,8 @@ app = typer.Typer(
 )
 sandbox_app = typer.Typer(no_args_is_help=True, help="Run any command in a locked-down sandbox.")
 app.add_typer(sandbox_app, name="sandbox")
+audit_app = typer.Typer(no_args_is_help=True, help="Check egress audit logs.")
+app.add_typer(audit_app, name="audit")
 
 
 def _env(items: list[str]) -> dict[str, str]:
@@ -67,8 +69,22 @@ def sandbox_run(
     pids: Annotated[Optional[str], typer.Option(help="Limit on processes and threads.")] = None,
     cpus: Annotated[Optional[str], typer.Option(help="CPU share in cores, e.g. 0.5.")] = None,
     timeout: Annotated[Optional[str], typer.Option(help="Wall-clock timeout, e.g. 30s or 5m.")] = None,
+    allow_domain: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--allow-domain",
+            help="Host the command may reach through the proxy: example.com, "
+            "*.example.com, 127.0.0.1:8080 (repeatable). Without one, there is no network at all.",
+        ),
+    ] = None,
+    deny_domain: Annotated[
+        Optional[list[str]], typer.Option("--deny-domain", help="Host never to reach; deny wins (repeatable).")
+    ] = None,
+    audit_log: Annotated[
+        Optional[Path], typer.Option("--audit-log", help="Append every egress decision to this JSONL file.")
+    ] = None,
 ) -> None:
-    """Run CMD in a sandbox: no network, no host secrets, only the workspace writable.
+    """Run CMD in a sandbox: no host secrets, only the workspace writable, and no network but the proxy.
 
     Exits with the command's exit code; 124 on timeout, 137 when killed (out of memory included).
     """
@@ -86,6 +102,15 @@ def sandbox_run(
         cpus=parse_cpus(cpus) if cpus is not None else settings.cpus,
         timeout=parse_duration(timeout, what="timeout") if timeout is not None else settings.timeout,
     )
+    egress = None
+    if allow_domain or deny_domain or audit_log:
+        from corral.egress.policy import Policy
+
+        policy = Policy(allow_domain or (), deny_domain or ())  # a bad pattern stops here, before anything starts
+        if not allow_domain:
+            msg = "--deny-domain and --audit-log need at least one --allow-domain; without one there is no network."
+            raise UsageError(msg)
+        egress = _Egress(settings.runtime, policy, audit_log)
     scratch = None if workspace is not None else tempfile.mkdtemp(prefix="corral-ws-")
     try:
         spec = SandboxSpec(
@@ -95,8 +120,16 @@ def sandbox_run(
             env=_env(env or []),
             deny=tuple(p.absolute() for p in deny or ()),
             limits=limits,
+            egress=egress.socket if egress is not None else None,
         )
-        result = BwrapSandbox(settings).run(spec, on_output=_echo, stdin=_stdin())
+        sandbox = BwrapSandbox(settings)
+        sandbox.check(spec)
+        if egress is None:
+            result = sandbox.run(spec, on_output=_echo, stdin=_stdin())
+        else:
+            with egress:
+                result = sandbox.run(spec, on_output=_echo, stdin=_stdin())
+                result = egress.with_violations(result)
     finally:
         if scratch is not None:
             import shutil
@@ -104,6 +137,41 @@ def sandbox_run(
             shutil.rmtree(scratch, ignore_errors=True)
     _report(result, limits.memory)
     raise typer.Exit(result.exit_code)
+
+
+class _Egress:
+    """The proxy of one ``sandbox run``: a thread serving one endpoint, and the audit log if asked."""
+
+    def __init__(self, runtime: Path, policy: object, audit_log: Path | None) -> None:
+        import uuid
+
+        from corral.egress.audit import AuditLog
+
+        self.policy = policy
+        self.audit = AuditLog(audit_log) if audit_log is not None else None
+        self.id = f"run-{uuid.uuid4().hex[:12]}"
+        self.socket = runtime / "proxy" / f"{self.id}.sock"
+
+    def __enter__(self) -> _Egress:
+        from corral.egress.thread import ProxyThread
+
+        self.socket.parent.mkdir(parents=True, exist_ok=True)
+        for directory in (self.socket.parent.parent, self.socket.parent):
+            directory.chmod(0o711)  # the relay runs as the sandbox's uid; the socket itself is 0600
+        self.thread = ProxyThread(audit=self.audit)
+        self.endpoint = self.thread.open(self.id, self.socket, self.policy)  # type: ignore[arg-type]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.thread.stop()
+        if self.audit is not None:
+            self.audit.close()
+
+    def with_violations(self, result: RunResult) -> RunResult:
+        import dataclasses
+
+        self.thread.close(self.id)  # ends its connections, so their audit lines and violations are final
+        return dataclasses.replace(result, violations=(*result.violations, *self.endpoint.violations()))
 
 
 def _stdin() -> int | None:
@@ -158,6 +226,26 @@ def doctor() -> None:
     ready = is_ready(checks)
     console.print("sandboxes can run here." if ready else "[red]sandboxes cannot run here[/]; see the fixes above.")
     raise typer.Exit(0 if ready else 1)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    file: Annotated[Path, typer.Argument(help="The JSONL audit log (its .head checkpoint is read beside it).")],
+) -> None:
+    """Check that no line of an audit log was edited, inserted, reordered or removed; exit 1 if one was."""
+    from corral.egress.audit import verify
+
+    if not file.is_file():
+        msg = f"The audit log {file} does not exist or is not a file; give the path passed to --audit-log."
+        raise UsageError(msg)
+    problems = verify(file)
+    for problem in problems:
+        typer.echo(problem, err=True)
+    if problems:
+        typer.echo(f"{file}: TAMPERED ({len(problems)} problem(s))")
+        raise typer.Exit(1)
+    lines = sum(1 for _ in file.open("rb"))
+    typer.echo(f"{file}: intact, {lines} line(s), every hash chained")
 
 
 @app.command()

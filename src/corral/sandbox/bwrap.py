@@ -12,12 +12,14 @@ import dataclasses
 import functools
 import os
 import re
+import signal
+import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from corral.errors import CommandNotFoundError, SandboxUnavailableError, UsageError
-from corral.sandbox import cgroups, paths, seccomp, slots, staging
+from corral.sandbox import bridge, cgroups, paths, seccomp, slots, staging
 from corral.sandbox.process import OutputSink, Supervised, TailBuffer
 from corral.sandbox.spec import SANDBOX_HOME, Reason, RunResult, SandboxSpec, Violation
 from corral.settings import Settings
@@ -187,6 +189,21 @@ class BwrapSandbox:
                     slot.release()
         return reaped
 
+    def _start_relay(
+        self,
+        socket: Path,
+        sandbox_pid: int,
+        host_uid: int | None,
+        group: cgroups.Cgroup | None,
+    ) -> subprocess.Popen[bytes]:
+        """The relay from the sandbox's 127.0.0.1:3128 to its proxy socket, in the sandbox's cgroups."""
+        if host_uid is not None:
+            os.chown(socket, host_uid, host_uid)
+        relay = bridge.start_relay(socket, sandbox_pid, host_uid)
+        if group is not None:
+            group.join(relay.pid)
+        return relay
+
     def _reap_slot(self, slot: slots.Slot) -> list[str]:
         reaped = []
         own = self.driver.group(slot.name)
@@ -256,7 +273,13 @@ class BwrapSandbox:
             finally:
                 os.close(info_fd)
                 os.close(gate_fd)
-            _join_and_open(proc.pid, info_read, gate_write, group)
+            sandbox_pid = _sandbox_pid(info_read)
+            if group is not None and sandbox_pid is not None:
+                group.join(sandbox_pid)
+            if spec.egress is not None and sandbox_pid is not None:
+                relay = self._start_relay(spec.egress, sandbox_pid, host_uid, group)
+                undo.callback(_stop, relay)
+            _open_gate(gate_write)
             if on_start is not None:
                 on_start(proc)
             out, err = TailBuffer(self.settings.output_limit), TailBuffer(self.settings.output_limit)
@@ -348,20 +371,25 @@ def _reachable_by_others(path: Path) -> bool:
     return all(parent.stat().st_mode & 0o001 for parent in path.parents)
 
 
-def _join_and_open(bwrap_pid: int, info_read: int, gate_write: int, group: cgroups.Cgroup | None) -> None:
-    """Put the sandbox into the cgroups, then let the command start.
-
-    Only the sandbox's first process joins (everything inside descends from it); bwrap's own
-    monitor stays outside and is killed by pid.
-    """
+def _sandbox_pid(info_read: int) -> int | None:
+    """The host pid of the sandbox's first process, as bwrap reports it (``None`` if bwrap failed first)."""
     info = b""
     while chunk := os.read(info_read, 4096):
         info += chunk
-    if group is not None:
-        match = re.search(rb'"child-pid":\s*(\d+)', info)
-        group.join(int(match[1]) if match else bwrap_pid)
+    match = re.search(rb'"child-pid":\s*(\d+)', info)
+    return int(match[1]) if match else None
+
+
+def _open_gate(gate_write: int) -> None:
+    """Let the command start (everything inside descends from the process the cgroups now hold)."""
     with contextlib.suppress(BrokenPipeError):  # bwrap already failed; pump() reports how
         os.write(gate_write, b"1")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def _result(
@@ -377,17 +405,17 @@ def _result(
     violations: tuple[Violation, ...],
     sandbox_id: str,
 ) -> RunResult:
-    signal = None
+    died_of = None
     reason: Reason
     if code < 0:  # bwrap itself died of a signal (we killed it)
-        signal, code = -code, 128 - code
+        died_of, code = -code, 128 - code
     elif code > 128:
-        signal = code - 128
+        died_of = code - 128
     if killed_by == "timeout":
         reason, code = "timeout", TIMEOUT_EXIT
     elif oom:
         reason, code = "oom", OOM_EXIT
-    elif killed_by is not None or signal == 9:
+    elif killed_by is not None or died_of == signal.SIGKILL:
         reason, code = "killed", OOM_EXIT
     else:
         reason = "exited"
@@ -398,7 +426,7 @@ def _result(
         exit_code=code,
         reason=reason,
         duration=duration,
-        signal=signal,
+        signal=died_of,
         peak_memory=peak,
         stdout=out.getvalue(),
         stderr=err.getvalue(),

@@ -45,6 +45,8 @@ class SandboxSpec:
     limits: Limits = Limits()
     deny: tuple[Path, ...] = ()
     """Host paths that must not be visible inside, on top of the built-in hidden paths."""
+    egress: Path | None = None
+    """The host Unix socket of this sandbox's egress proxy endpoint; ``None`` means no network at all."""
     uid: int = 1000
     """The user id inside the sandbox; never 0."""
     gid: int = 1000
@@ -52,7 +54,12 @@ class SandboxSpec:
 
     def full_env(self) -> dict[str, str]:
         """The environment the command sees: the spec's, plus defaults it did not name."""
-        return {"PATH": DEFAULT_PATH, "HOME": SANDBOX_HOME, "TMPDIR": "/tmp", "LANG": "C.UTF-8", **self.env}
+        base = {"PATH": DEFAULT_PATH, "HOME": SANDBOX_HOME, "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
+        if self.egress is not None:
+            from corral.sandbox.bridge import proxy_env
+
+            base.update(proxy_env())
+        return {**base, **self.env}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +67,7 @@ class Violation:
     """Something the sandboxed command tried and was stopped from doing."""
 
     kind: str
-    """``protected-path``; later ``network``."""
+    """``protected-path`` or ``network``."""
     target: str
     detail: str
 
