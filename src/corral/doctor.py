@@ -8,6 +8,7 @@ reads back from inside what the kernel actually gave it.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import subprocess
 import tempfile
@@ -107,7 +108,68 @@ def run_checks(settings: Settings) -> list[Check]:
             )
         )
     checks.extend(_probe_sandbox(settings))
+    checks.extend(_probe_bridge(settings))
     return checks
+
+
+def _probe_bridge(settings: Settings) -> list[Check]:
+    """The relay exists, and a bridged sandbox reaches the proxy and nothing else."""
+    socat = shutil.which("socat")
+    if socat is None:
+        return [
+            Check(
+                "egress relay",
+                False,
+                "socat not found on PATH",
+                "apt-get install --no-install-recommends socat",
+                required=False,
+            )
+        ]
+    if os.geteuid() != 0:
+        return [
+            Check(
+                "egress bridge",
+                False,
+                "needs root (the relay joins the sandbox's network namespace)",
+                "run corral as root for sandboxes with network; sandboxes without network run as is",
+                required=False,
+            )
+        ]
+    from corral.egress.policy import Policy
+    from corral.egress.thread import ProxyThread
+    from corral.sandbox.bwrap import BwrapSandbox
+    from corral.sandbox.spec import Limits, SandboxSpec
+
+    socket = settings.runtime / "proxy" / f"doctor-{os.getpid()}.sock"
+    socket.parent.mkdir(parents=True, exist_ok=True)
+    for directory in (socket.parent.parent, socket.parent):
+        directory.chmod(0o711)
+    # 203.0.113.1 is a documentation address: the proxy refuses it by policy, before any packet is sent.
+    script = (
+        "tail -n +2 /proc/net/route | wc -l; "
+        "printf 'CONNECT 203.0.113.1:80 HTTP/1.1\\r\\nHost: 203.0.113.1:80\\r\\n\\r\\n' "
+        "| socat -t 2 - TCP:127.0.0.1:3128 | head -n 1"
+    )
+    with tempfile.TemporaryDirectory(prefix="corral-doctor-") as tmp, ProxyThread() as proxy:
+        endpoint = proxy.open("doctor", socket, Policy(allow=["doctor.invalid"]))
+        spec = SandboxSpec(("sh", "-c", script), Path(tmp), egress=socket, limits=Limits(pids=64, timeout=10))
+        try:
+            result = BwrapSandbox(settings).run(spec)
+        except CorralError as err:
+            return [Check("egress bridge", False, str(err), "see the error", required=False)]
+        proxy.close("doctor")
+    routes, _, reply = result.stdout.decode(errors="replace").partition("\n")
+    denied = reply.startswith("HTTP/1.1 403") and any(v.target == "203.0.113.1:80" for v in endpoint.violations())
+    return [
+        Check("egress relay", True, f"{socat}"),
+        Check(
+            "egress bridge",
+            routes.strip() == "0" and denied,
+            f"routes inside: {routes.strip() or '?'}; CONNECT to a host not allowed: {reply.strip() or 'no answer'}",
+            "report this as a bug: a bridged sandbox must reach the proxy and nothing else",
+            required=False,
+        ),
+    ]
 
 
 def _probe_sandbox(settings: Settings) -> list[Check]:

@@ -140,7 +140,16 @@ def test_bad_settings_are_reported(home: Path, tmp_path: Path) -> None:
 def test_doctor_probes_for_real(home: Path) -> None:
     proc = corral("doctor", home=home)
     assert proc.returncode == 0, proc.stdout
-    for name in ("bubblewrap", "seccomp", "user namespaces", "network namespace", "no capabilities", "seccomp filter"):
+    for name in (
+        "bubblewrap",
+        "seccomp",
+        "user namespaces",
+        "network namespace",
+        "no capabilities",
+        "seccomp filter",
+        "egress relay",
+        "egress bridge",
+    ):
         assert f"ok   {name}" in proc.stdout
     assert "sandboxes can run here." in proc.stdout
 
