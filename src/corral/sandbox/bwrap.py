@@ -189,21 +189,6 @@ class BwrapSandbox:
                     slot.release()
         return reaped
 
-    def _start_relay(
-        self,
-        socket: Path,
-        sandbox_pid: int,
-        host_uid: int | None,
-        group: cgroups.Cgroup | None,
-    ) -> subprocess.Popen[bytes]:
-        """The relay from the sandbox's 127.0.0.1:3128 to its proxy socket, in the sandbox's cgroups."""
-        if host_uid is not None:
-            os.chown(socket, host_uid, host_uid)
-        relay = bridge.start_relay(socket, sandbox_pid, host_uid)
-        if group is not None:
-            group.join(relay.pid)
-        return relay
-
     def _reap_slot(self, slot: slots.Slot) -> list[str]:
         reaped = []
         own = self.driver.group(slot.name)
@@ -246,7 +231,7 @@ class BwrapSandbox:
                 staged = staging.prepare(self.settings.runtime, slot.name, (spec.workspace, *spec.ro_binds))
                 undo.callback(staging.clear, self.settings.runtime, slot.name)
             # bwrap reports its sandbox's pid on info_fd and waits on gate_fd before running the
-            # command, so the parent can put both in the cgroups first (no code runs in the child).
+            # command, so the parent can put it in the cgroups (and let the relay start) first.
             info_read, info_fd = os.pipe()
             undo.callback(os.close, info_read)
             gate_fd, gate_write = os.pipe()
@@ -277,8 +262,13 @@ class BwrapSandbox:
             if group is not None and sandbox_pid is not None:
                 group.join(sandbox_pid)
             if spec.egress is not None and sandbox_pid is not None:
-                relay = self._start_relay(spec.egress, sandbox_pid, host_uid, group)
+                if host_uid is not None:
+                    os.chown(spec.egress, host_uid, host_uid)
+                relay = bridge.start_relay(spec.egress, sandbox_pid, host_uid)
                 undo.callback(_stop, relay)
+                if group is not None:
+                    group.join(relay.pid)
+                bridge.wait_listening(relay)
             _open_gate(gate_write)
             if on_start is not None:
                 on_start(proc)
@@ -334,12 +324,6 @@ def _which(program: str, search: str) -> str | None:
 def _remove_group(group: cgroups.Cgroup) -> None:
     group.kill()
     group.remove()
-
-
-def _open(path: Path, flags: int, undo: contextlib.ExitStack) -> int:
-    fd = os.open(path, flags | os.O_CLOEXEC)
-    undo.callback(os.close, fd)
-    return fd
 
 
 def _pipe_with(data: bytes, undo: contextlib.ExitStack) -> int:
