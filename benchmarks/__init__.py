@@ -13,10 +13,10 @@ __all__ = ["ALL", "BARE_BWRAP", "DEFAULT", "REPO"]
 
 REPO = Path(__file__).resolve().parent.parent
 
-DEFAULT = ("sandbox_spawn", "cli_start", "srt")
+DEFAULT = ("sandbox_spawn", "bridged_spawn", "cli_start", "srt", "egress_proxy")
 """What ``python -m benchmarks`` runs with no names."""
-ALL = (*DEFAULT, "phases", "egress_proxy")
-"""The others run only when named: ``phases`` (where the time of one run goes), ``egress_proxy``."""
+ALL = (*DEFAULT, "phases")
+"""``phases`` (where the time of one run goes) runs only when named."""
 
 BARE_BWRAP = (
     "bwrap",
