@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := bubblewrap socat git hyperfine libseccomp2 procps
+APT_PACKAGES := bubblewrap socat git curl iproute2 util-linux hyperfine libseccomp2 procps
 
 .PHONY: setup system venv run test test-unit test-security lint bench clean
 
