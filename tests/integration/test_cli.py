@@ -114,6 +114,12 @@ def test_created_protected_path_is_reported(home: Path, tmp_path: Path) -> None:
         (["--env", "1BAD=x", "--", "true"], 2, "Error: The environment name '1BAD'"),
         (["--env", "CORRAL_SURELY_UNSET", "--", "true"], 2, "Error: The variable CORRAL_SURELY_UNSET is not set"),
         ([], 2, "Missing argument 'COMMAND...'"),
+        (["--allow-domain", "*.com", "--", "true"], 6, "Error: The egress pattern '*.com' covers the whole"),
+        (["--allow-domain", "https://x.com", "--", "true"], 6, "has a scheme; write the host alone"),
+        (["--allow-domain", "x.com:70000", "--", "true"], 6, "has port 70000, outside 1-65535"),
+        (["--allow-domain", "", "--", "true"], 6, "An egress pattern is empty"),
+        (["--allow-domain", "x.com", "--audit-log", "/proc/nope/a.jsonl", "--", "true"], 7, "Cannot open the audit"),
+        (["--deny-domain", "x.com", "--", "true"], 2, "--deny-domain and --audit-log need at least one --allow-domain"),
     ],
 )
 def test_bad_input_gets_one_sentence_and_a_distinct_code(home: Path, args: list[str], code: int, message: str) -> None:
@@ -121,6 +127,22 @@ def test_bad_input_gets_one_sentence_and_a_distinct_code(home: Path, args: list[
     assert proc.returncode == code, proc.stderr
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_bad_egress_input_starts_nothing(home: Path, tmp_path: Path) -> None:
+    """A bad pattern is refused before any sandbox, relay or socket exists."""
+    marker = tmp_path / "ran"
+    proc = corral(
+        "sandbox", "run", "--allow-domain", "ok.example", "--allow-domain", "*", "--", "touch", str(marker), home=home
+    )
+    assert proc.returncode == 6
+    assert not marker.exists()
+
+
+def test_audit_verify(home: Path, tmp_path: Path) -> None:
+    missing = corral("audit", "verify", str(tmp_path / "none.jsonl"), home=home)
+    assert missing.returncode == 2
+    assert "does not exist or is not a file" in missing.stderr
 
 
 def test_a_secret_dir_cannot_be_bound(home: Path) -> None:
