@@ -464,13 +464,13 @@ def test_request_bodies_are_forwarded_and_nothing_after_them(make_proxy: MakePro
 
 
 def test_socks5_allowed_by_name(make_proxy: MakeProxy, origins: Origins) -> None:
-    proxy = make_proxy(["api.test", f"127.0.0.1:{origins.echo}"], names={"api.test": ["127.0.0.1"]})
+    proxy = make_proxy([f"api.test:{origins.echo}", f"127.0.0.1:{origins.echo}"], names={"api.test": ["127.0.0.1"]})
     sock, code = socks_connect(proxy, "api.test", origins.echo)
     with sock:
         assert code == 0
         assert echo_roundtrip(sock) == b"ping"
     (line,) = proxy.wait_records(1)
-    assert (line["verdict"], line["rule"], line["address"]) == ("allow", "api.test", "127.0.0.1")
+    assert (line["verdict"], line["rule"], line["address"]) == ("allow", f"api.test:{origins.echo}", "127.0.0.1")
     assert proxy.resolver.asked == ["api.test"]
 
 
@@ -883,7 +883,7 @@ def free_port() -> int:
 
 def test_curl_through_a_socat_relay(make_proxy: MakeProxy, origins: Origins) -> None:
     curl, socat = require("curl"), require("socat")
-    proxy = make_proxy([f"127.0.0.1:{origins.http}", "api.test"], names={"api.test": ["127.0.0.1"]})
+    proxy = make_proxy([f"127.0.0.1:{origins.http}", f"api.test:{origins.http}"], names={"api.test": ["127.0.0.1"]})
     port = free_port()
     relay = subprocess.Popen(
         [socat, f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork", f"UNIX-CONNECT:{proxy.path}"],

@@ -315,3 +315,10 @@ def test_cached_addresses_are_read_again_after_their_ttl() -> None:
     assert fresh() != fresh()
     cached = CachedAddresses(ttl=3600.0, source=source)
     assert cached() == cached()
+
+
+def test_a_decision_names_the_port_of_its_rule() -> None:
+    """Tunnels to ports without TLS need a rule that names the port; the decision carries it."""
+    policy = Policy(["api.test", "git.test:8080"])
+    assert policy.decide("api.test", 80).rule_port is None
+    assert policy.decide("git.test", 8080).rule_port == 8080

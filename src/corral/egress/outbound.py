@@ -54,7 +54,16 @@ async def admit(
     resolver: Resolver,
     own_addresses: Iterable[IPAddress],
     timeout: float,
+    tunnel_ports: frozenset[int] | None = None,
 ) -> Admitted:
+    """Decide on the name, resolve it once, vet every address.
+
+    With ``tunnel_ports`` the request is an opaque tunnel (CONNECT, SOCKS). Only a tunnel to one of
+    those ports (TLS, whose ClientHello must name the host) can be checked against the name; to any
+    other port its bytes could carry a request for another host behind a shared front end. So such
+    a tunnel needs an allow rule that names its port; a rule for the name alone admits plain HTTP
+    through the proxy, whose Host header is checked on every request.
+    """
     decision = policy.decide(host, port)
     if not decision.allowed:
         raise Refused(decision.reason, decision.rule)
@@ -76,6 +85,13 @@ async def admit(
         refusal = vet_address(address, port, host, policy, own)
         if refusal is not None:
             raise Refused(refusal, None, address)
+    if tunnel_ports is not None and port not in tunnel_ports and decision.rule_port is None:
+        target = f"{host}:{port}"
+        why = (
+            f"{target}: a tunnel to port {port} carries no TLS name to check, and the allow rule {decision.rule} "
+            f"names no port; allow {target} itself, or send plain HTTP through the proxy"
+        )
+        raise Refused(why, decision.rule)
     return Admitted(decision, tuple(addresses))
 
 

@@ -226,6 +226,8 @@ class Decision:
     allowed: bool
     rule: str | None
     reason: str
+    rule_port: int | None = None
+    """The port the deciding rule names, if it names one."""
 
 
 @dataclasses.dataclass(frozen=True, init=False)
@@ -252,7 +254,7 @@ class Policy:
                 return Decision(False, pattern.text, f"{target} matches the deny rule {pattern.text}")
         for pattern in self.allow:
             if pattern.matches(canonical, port):
-                return Decision(True, pattern.text, f"{target} matches the allow rule {pattern.text}")
+                return Decision(True, pattern.text, f"{target} matches the allow rule {pattern.text}", pattern.port)
         return Decision(False, None, f"{target} is not in the allowlist")
 
     def allows_exactly(self, address: IPAddress, port: int) -> bool:

@@ -235,7 +235,9 @@ class EgressProxy:
             await self._refuse(attempt, client, err.reason, error_response(err.status, err.reason))
             return
         attempt.host, attempt.port = request.host, request.port
-        upstream = await self._connect(attempt, client, lambda why: error_response(403, why), http=True)
+        upstream = await self._connect(
+            attempt, client, lambda why: error_response(403, why), http=True, tunnel=request.is_connect
+        )
         if upstream is None:
             return
         if request.is_connect:
@@ -260,7 +262,9 @@ class EgressProxy:
             return
         client.take(request.size)
         attempt.host, attempt.port = request.host, request.port
-        upstream = await self._connect(attempt, client, lambda _: socks.reply(socks.NOT_ALLOWED), http=False)
+        upstream = await self._connect(
+            attempt, client, lambda _: socks.reply(socks.NOT_ALLOWED), http=False, tunnel=True
+        )
         if upstream is None:
             return
         await client.send(socks.reply(socks.SUCCEEDED))
@@ -268,7 +272,7 @@ class EgressProxy:
             await self._tunnel(attempt, client, upstream)
 
     async def _connect(
-        self, attempt: _Attempt, client: Side, refusal: Callable[[str], bytes], *, http: bool
+        self, attempt: _Attempt, client: Side, refusal: Callable[[str], bytes], *, http: bool, tunnel: bool
     ) -> socket.socket | None:
         """Decide, resolve, vet and dial; answer the client and return ``None`` when any of it fails."""
         timeout = self.config.connect_timeout
@@ -280,6 +284,7 @@ class EgressProxy:
                 resolver=self.resolver,
                 own_addresses=self.local_addresses(),
                 timeout=timeout,
+                tunnel_ports=self.config.tls_ports if tunnel else None,
             )
             attempt.verdict, attempt.rule, attempt.reason = "allow", admitted.decision.rule, admitted.decision.reason
             attempt.upstream, attempt.address = await dial(admitted.addresses, attempt.port, timeout)

@@ -24,6 +24,7 @@ from corral.errors import SandboxError, SandboxUnavailableError
 __all__ = ["RELAY_PORT", "proxy_env", "start_relay", "wait_listening"]
 
 RELAY_PORT = 3128
+SOCAT_SPECIAL = frozenset(",:!\"'\\ \t\n{}[]")
 _LISTENING = f"0100007F:{RELAY_PORT:04X}"  # 127.0.0.1:3128 as /proc/net/tcp writes it
 
 
@@ -46,6 +47,9 @@ def start_relay(socket_path: Path, sandbox_pid: int, host_uid: int | None) -> su
             "network namespace from outside); run as root, or without --allow-domain for no network."
         )
         raise SandboxUnavailableError(msg)
+    if any(char in str(socket_path) for char in SOCAT_SPECIAL):
+        msg = f"The proxy socket path {socket_path} has a character socat reads as syntax; use a plainer path."
+        raise SandboxError(msg)
     uid = [f"--setuid={host_uid}", f"--setgid={host_uid}"] if host_uid is not None else []
     argv = [
         "nsenter",

@@ -181,9 +181,12 @@ def load_bpf(cache_dir: Path, rules: tuple[Rule, ...] = DEFAULT_RULES) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         pass
+    import tempfile  # only on a cache miss: its import is slow
+
     program = compile_bpf(rules)
     cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_bytes(program)
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".seccomp-")  # unique: threads may compile at once
+    with os.fdopen(fd, "wb") as out:
+        out.write(program)
+    Path(tmp).replace(path)
     return program
