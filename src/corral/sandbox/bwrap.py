@@ -122,6 +122,7 @@ class BwrapSandbox:
     settings: Settings
     driver: cgroups.CgroupDriver = dataclasses.field(default_factory=cgroups.detect)
     _reaped_at: float = dataclasses.field(default=-REAP_INTERVAL, init=False, repr=False)
+    _program: bytes | None = dataclasses.field(default=None, init=False, repr=False)
 
     @property
     def is_root(self) -> bool:
@@ -162,7 +163,9 @@ class BwrapSandbox:
         layout = paths.plan_layout(spec, self.secrets(), paths.find_protected(spec.workspace, before))
         visible = [Path(p) for p, _ in layout.system] + [spec.workspace, *spec.ro_binds]
         resolve_command(spec, visible)
-        program = seccomp.load_bpf(self.settings.home / "cache")
+        if self._program is None:
+            self._program = seccomp.load_bpf(self.settings.home / "cache")
+        program = self._program
         if time.monotonic() - self._reaped_at > REAP_INTERVAL:
             self.reap()
         slot = slots.acquire(self.settings.runtime, self.settings.sandbox_slots)

@@ -46,10 +46,12 @@ def prepare(runtime: Path, slot_name: str, sources: Sequence[Path]) -> dict[Path
 
 def clear(runtime: Path, slot_name: str) -> None:
     """Remove a slot's mount points (plain empty entries on the host)."""
-    import shutil
+    base = runtime / "stage" / slot_name
+    if base.exists():
+        import shutil
 
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(runtime / "stage" / slot_name)
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(base)
 
 
 def _check(result: int, what: str) -> None:
