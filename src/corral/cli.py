@@ -110,7 +110,10 @@ def sandbox_run(
         if not allow_domain:
             msg = "--deny-domain and --audit-log need at least one --allow-domain; without one there is no network."
             raise UsageError(msg)
-        egress = _Egress(settings.runtime, policy, audit_log)
+        from corral.egress.audit import AuditLog
+        from corral.egress.door import Door
+
+        egress = Door(settings.runtime, policy, audit=AuditLog(audit_log) if audit_log is not None else None)
     scratch = None if workspace is not None else tempfile.mkdtemp(prefix="corral-ws-")
     try:
         spec = SandboxSpec(
@@ -128,8 +131,7 @@ def sandbox_run(
             result = sandbox.run(spec, on_output=_echo, stdin=_stdin())
         else:
             with egress:
-                result = sandbox.run(spec, on_output=_echo, stdin=_stdin())
-                result = egress.with_violations(result)
+                result = egress.with_violations(sandbox.run(spec, on_output=_echo, stdin=_stdin()))
     finally:
         if scratch is not None:
             import shutil
@@ -137,41 +139,6 @@ def sandbox_run(
             shutil.rmtree(scratch, ignore_errors=True)
     _report(result, limits.memory)
     raise typer.Exit(result.exit_code)
-
-
-class _Egress:
-    """The proxy of one ``sandbox run``: a thread serving one endpoint, and the audit log if asked."""
-
-    def __init__(self, runtime: Path, policy: object, audit_log: Path | None) -> None:
-        import uuid
-
-        from corral.egress.audit import AuditLog
-
-        self.policy = policy
-        self.audit = AuditLog(audit_log) if audit_log is not None else None
-        self.id = f"run-{uuid.uuid4().hex[:12]}"
-        self.socket = runtime / "proxy" / f"{self.id}.sock"
-
-    def __enter__(self) -> _Egress:
-        from corral.egress.thread import ProxyThread
-
-        self.socket.parent.mkdir(parents=True, exist_ok=True)
-        for directory in (self.socket.parent.parent, self.socket.parent):
-            directory.chmod(0o711)  # the relay runs as the sandbox's uid; the socket itself is 0600
-        self.thread = ProxyThread(audit=self.audit)
-        self.endpoint = self.thread.open(self.id, self.socket, self.policy)  # type: ignore[arg-type]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.thread.stop()
-        if self.audit is not None:
-            self.audit.close()
-
-    def with_violations(self, result: RunResult) -> RunResult:
-        import dataclasses
-
-        self.thread.close(self.id)  # ends its connections, so their audit lines and violations are final
-        return dataclasses.replace(result, violations=(*result.violations, *self.endpoint.violations()))
 
 
 def _stdin() -> int | None:

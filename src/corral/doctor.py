@@ -135,31 +135,28 @@ def _probe_bridge(settings: Settings) -> list[Check]:
                 required=False,
             )
         ]
+    from corral.egress.door import Door
     from corral.egress.policy import Policy
-    from corral.egress.thread import ProxyThread
     from corral.sandbox.bwrap import BwrapSandbox
     from corral.sandbox.spec import Limits, SandboxSpec
 
-    socket = settings.runtime / "proxy" / f"doctor-{os.getpid()}.sock"
-    socket.parent.mkdir(parents=True, exist_ok=True)
-    for directory in (socket.parent.parent, socket.parent):
-        directory.chmod(0o711)
     # 203.0.113.1 is a documentation address: the proxy refuses it by policy, before any packet is sent.
     script = (
         "tail -n +2 /proc/net/route | wc -l; "
         "printf 'CONNECT 203.0.113.1:80 HTTP/1.1\\r\\nHost: 203.0.113.1:80\\r\\n\\r\\n' "
         "| socat -t 2 - TCP:127.0.0.1:3128 | head -n 1"
     )
-    with tempfile.TemporaryDirectory(prefix="corral-doctor-") as tmp, ProxyThread() as proxy:
-        endpoint = proxy.open("doctor", socket, Policy(allow=["doctor.invalid"]))
-        spec = SandboxSpec(("sh", "-c", script), Path(tmp), egress=socket, limits=Limits(pids=64, timeout=10))
+    with (
+        tempfile.TemporaryDirectory(prefix="corral-doctor-") as tmp,
+        Door(settings.runtime, Policy(allow=["doctor.invalid"])) as door,
+    ):
+        spec = SandboxSpec(("sh", "-c", script), Path(tmp), egress=door.socket, limits=Limits(pids=64, timeout=10))
         try:
-            result = BwrapSandbox(settings).run(spec)
+            result = door.with_violations(BwrapSandbox(settings).run(spec))
         except CorralError as err:
             return [Check("egress bridge", False, str(err), "see the error", required=False)]
-        proxy.close("doctor")
     routes, _, reply = result.stdout.decode(errors="replace").partition("\n")
-    denied = reply.startswith("HTTP/1.1 403") and any(v.target == "203.0.113.1:80" for v in endpoint.violations())
+    denied = reply.startswith("HTTP/1.1 403") and any(v.target == "203.0.113.1:80" for v in result.violations)
     return [
         Check("egress relay", True, f"{socat}"),
         Check(
