@@ -5,7 +5,8 @@ functions with timers for the duration of the loop, so it reaches into private n
 later version renamed are skipped and listed, never an error.
 
 1. Library: ``BwrapSandbox.run`` of ``true`` with the same limits as ``sandbox_spawn``, in an empty
-   workspace and in a repository-like one (2,000 files, a ``.git`` with hooks), with the
+   workspace, in a repository-like one (2,000 files, a ``.git`` with hooks) and (as root, with
+   socat and nsenter) in an empty one with the network bridge of ``bridged_spawn``, with the
    exclusive time of each phase (nested phases are subtracted from their callers).
 2. CLI: ``python -c pass`` -> ``import corral.cli`` -> ``corral version`` -> ``corral sandbox run
    -- true``, and the import time by top-level package from ``python -X importtime``.
@@ -13,8 +14,11 @@ later version renamed are skipped and listed, never an error.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import importlib
+import os
 import shutil
 import statistics
 import subprocess
@@ -48,8 +52,14 @@ PHASES = (
     ("corral.sandbox.slots", "take_owner", "workspace ownership walk (hand over)"),
     ("corral.sandbox.staging", "prepare", "staging mount points"),
     ("corral.sandbox.bwrap", "build_argv", "build the bwrap argv"),
-    ("corral.sandbox.process", "Supervised.__init__", "spawn: fork + preexec (cgroup join, mounts, uid) + exec"),
-    ("corral.sandbox.process", "Supervised.pump", "wait: bwrap sets up, runs true, exits"),
+    ("corral.sandbox.process", "Supervised.__init__", "spawn bwrap: (v)fork, uid drop, exec"),
+    ("corral.sandbox.bwrap", "_sandbox_pid", "wait for bwrap's sandbox pid (--info-fd)"),
+    ("corral.sandbox.cgroups", "Cgroup.join", "cgroup join of the sandbox (and relay) pid"),
+    ("corral.sandbox.bridge", "start_relay", "relay spawn (nsenter, then socat)"),
+    ("corral.sandbox.bridge", "wait_listening", "wait until the relay listens"),
+    ("corral.sandbox.bwrap", "_open_gate", "open the gate (--block-fd)"),
+    ("corral.sandbox.process", "Supervised.pump", "wait: bwrap runs true, exits"),
+    ("corral.sandbox.bwrap", "_stop", "stop the relay"),
     ("corral.sandbox.cgroups", "Cgroup.oom_kills", "read OOM kill count"),
     ("corral.sandbox.cgroups", "Cgroup.peak_memory", "read peak memory"),
     ("corral.sandbox.cgroups", "Cgroup.kill", "cgroup kill sweep (read procs)"),
@@ -145,12 +155,16 @@ def _library_table(budget: Budget, workspace_kind: str) -> tuple[list[tuple[str,
     with (
         tempfile.TemporaryDirectory(prefix="corral-bench-home-") as home,
         tempfile.TemporaryDirectory(prefix="corral-bench-ws-") as workspace,
+        contextlib.ExitStack() as stack,
     ):
         if workspace_kind == "repo-like":
             count = make_repo_like(Path(workspace))
             notes.append(f"repo-like workspace: {count} files in 220 directories, .git/hooks, .git/config, .vscode")
-        sandbox = BwrapSandbox(Settings(home=Path(home)))
+        settings = Settings(home=Path(home))
+        sandbox = BwrapSandbox(settings)
         spec = SandboxSpec(("true",), Path(workspace), limits=Limits(memory=256 << 20, pids=64, cpus=1.0))
+        if workspace_kind == "bridged":
+            spec = dataclasses.replace(spec, egress=_proxy_socket(settings, stack))
         for _ in range(budget.warmup):
             sandbox.run(spec)
         with _instrumented(timers) as missing:
@@ -182,6 +196,20 @@ def _library_table(budget: Budget, workspace_kind: str) -> tuple[list[tuple[str,
         )
     notes.append(f"{workspace_kind} workspace: p50 of a whole run {total * 1000:.2f} ms")
     return rows, notes
+
+
+def _proxy_socket(settings: Any, stack: contextlib.ExitStack) -> Path:
+    """An egress endpoint served by a ``ProxyThread`` for as long as ``stack`` lives, as in ``bridged_spawn``."""
+    from corral.egress.policy import Policy
+    from corral.egress.thread import ProxyThread
+
+    proxy = stack.enter_context(ProxyThread())
+    socket: Path = settings.runtime / "proxy" / f"bench-phases-{os.getpid()}.sock"
+    socket.parent.mkdir(parents=True, exist_ok=True)
+    for directory in (socket.parent.parent, socket.parent):
+        directory.chmod(0o711)
+    proxy.open("bench-phases", socket, Policy(allow=["example.invalid"]))
+    return socket
 
 
 def _import_table(python: str, script: Path, env: dict[str, str], cwd: Path, repeats: int = 5) -> list[tuple[str, ...]]:
@@ -218,7 +246,12 @@ def run(budget: Budget) -> Result:
     if shutil.which("bwrap") is None:
         result.skipped = "bwrap is not installed (apt-get install --no-install-recommends bubblewrap)"
         return result
-    for kind in ("empty", "repo-like"):
+    kinds = ["empty", "repo-like"]
+    if os.geteuid() == 0 and shutil.which("socat") and shutil.which("nsenter"):
+        kinds.append("bridged")
+    else:
+        result.notes.append("the bridged run needs root, socat and nsenter: not profiled")
+    for kind in kinds:
         rows, notes = _library_table(budget, kind)
         result.tables.append((f"BwrapSandbox.run phases, {kind} workspace (exclusive time)", rows))
         result.notes.extend(notes)
