@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer.main
 
-from corral.cli import app
+from corral.cli.app import app
 from corral.settings import Settings
 
 DOCS = Path(__file__).parents[2] / "docs"
