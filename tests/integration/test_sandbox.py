@@ -131,3 +131,48 @@ def test_cpu_share_is_enforced(sandbox: BwrapSandbox, workspace: Path) -> None:
     result = sandbox.run(SandboxSpec(("python3", "-c", busy), workspace, limits=Limits(cpus=0.2)))
     assert result.ok, result.stderr
     assert float(result.stdout) < 0.5  # 1 s of wall-clock at a 20 % share
+
+
+def test_a_missing_egress_socket_is_refused_before_anything_starts(sandbox: BwrapSandbox, workspace: Path) -> None:
+    from corral.errors import UsageError
+
+    with pytest.raises(UsageError, match="is not a listening proxy socket"):
+        sandbox.run(sh("touch started", workspace, egress=workspace.parent / "no.sock"))
+    assert not (workspace / "started").exists()
+
+
+def test_a_failure_after_spawn_leaves_no_sandbox_running(
+    sandbox: BwrapSandbox, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the bridge fails while the command waits on its gate, the sandbox is killed, not let loose."""
+    import socket
+
+    from corral.errors import SandboxError
+    from corral.sandbox import bridge
+
+    require_root()
+
+    def broken(relay: object, timeout: float = 5.0) -> None:
+        raise SandboxError("the relay did not start (test)")
+
+    monkeypatch.setattr(bridge, "wait_listening", broken)
+    path = sandbox.settings.runtime / "proxy" / "failure-test.sock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    started: list[int] = []
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        listener.listen()
+        with pytest.raises(SandboxError, match="did not start"):
+            sandbox.run(sh("touch started; sleep 30", workspace, egress=path), on_start=lambda p: started.append(p.pid))
+    path.unlink()
+    assert started == []  # the command never got going
+    assert not (workspace / "started").exists()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            assert b"failure-test.sock" not in cmdline  # no relay left
+            assert not cmdline.startswith(b"sleep\x0030")

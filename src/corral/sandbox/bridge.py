@@ -15,13 +15,14 @@ A program that ignores the proxy variables cannot connect anywhere: there is no 
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import time
 from pathlib import Path
 
-from corral.errors import SandboxError, SandboxUnavailableError
+from corral.errors import SandboxError, SandboxUnavailableError, UsageError
 
-__all__ = ["RELAY_PORT", "proxy_env", "start_relay", "wait_listening"]
+__all__ = ["RELAY_PORT", "check_socket", "proxy_env", "start_relay", "wait_listening"]
 
 RELAY_PORT = 3128
 SOCAT_SPECIAL = frozenset(",:!\"'\\ \t\n{}[]")
@@ -33,6 +34,20 @@ def proxy_env() -> dict[str, str]:
     http = f"http://127.0.0.1:{RELAY_PORT}"
     env = {"HTTP_PROXY": http, "HTTPS_PROXY": http, "ALL_PROXY": f"socks5h://127.0.0.1:{RELAY_PORT}", "NO_PROXY": ""}
     return {**env, **{name.lower(): value for name, value in env.items()}}
+
+
+def check_socket(socket_path: Path) -> None:
+    """Refuse an egress socket the relay could not use, before any sandbox starts."""
+    if any(char in str(socket_path) for char in SOCAT_SPECIAL):
+        msg = f"The proxy socket path {socket_path} has a character socat reads as syntax; use a plainer path."
+        raise UsageError(msg)
+    try:
+        is_socket = stat.S_ISSOCK(socket_path.stat().st_mode)
+    except OSError:
+        is_socket = False
+    if not is_socket:
+        msg = f"The egress socket {socket_path} is not a listening proxy socket; open a proxy endpoint there first."
+        raise UsageError(msg)
 
 
 def start_relay(socket_path: Path, sandbox_pid: int, host_uid: int | None) -> subprocess.Popen[bytes]:
@@ -47,9 +62,7 @@ def start_relay(socket_path: Path, sandbox_pid: int, host_uid: int | None) -> su
             "network namespace from outside); run as root, or without --allow-domain for no network."
         )
         raise SandboxUnavailableError(msg)
-    if any(char in str(socket_path) for char in SOCAT_SPECIAL):
-        msg = f"The proxy socket path {socket_path} has a character socat reads as syntax; use a plainer path."
-        raise SandboxError(msg)
+    check_socket(socket_path)
     uid = [f"--setuid={host_uid}", f"--setgid={host_uid}"] if host_uid is not None else []
     argv = [
         "nsenter",

@@ -141,6 +141,8 @@ class BwrapSandbox:
                 f"The sandbox uid/gid {spec.uid}/{spec.gid} would be root inside; use an unprivileged id such as 1000."
             )
             raise UsageError(msg)
+        if spec.egress is not None:
+            bridge.check_socket(spec.egress)
         if _which(self.settings.bwrap, os.environ.get("PATH", os.defpath)) is None:
             msg = (
                 f"bubblewrap ({self.settings.bwrap!r}) is not installed; install it "
@@ -261,6 +263,7 @@ class BwrapSandbox:
             finally:
                 os.close(info_fd)
                 os.close(gate_fd)
+            undo.callback(proc.abort)  # if anything below fails, the sandbox must not run on
             sandbox_pid = _sandbox_pid(info_read)
             if group is not None and sandbox_pid is not None:
                 group.join(sandbox_pid)

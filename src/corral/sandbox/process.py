@@ -89,6 +89,15 @@ class Supervised:
             except ProcessLookupError:
                 pass
 
+    def abort(self) -> None:
+        """End a process whose output will never be pumped: kill it, reap it, close its pipes."""
+        if self.popen.returncode is None:
+            self.kill("interrupted")
+            self.popen.wait()
+        for pipe in (self.popen.stdout, self.popen.stderr):
+            if pipe is not None:
+                pipe.close()
+
     def pump(self, out: TailBuffer, err: TailBuffer, sink: OutputSink | None, timeout: float | None) -> int:
         """Copy output until both streams close and the process exits; kill at the deadline."""
         try:
