@@ -140,7 +140,6 @@ def run(args: RunArgs) -> int:
             egress=egress.socket if egress is not None else None,
         )
         sandbox = BwrapSandbox(settings)
-        sandbox.check(spec)
         if egress is None:
             result = sandbox.run(spec, on_output=_echo, stdin=_stdin())
         else:
