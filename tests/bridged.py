@@ -242,3 +242,27 @@ def open_bridge(
         audit.close()
     assert verify(audit_path) == []
     assert thread.proxy.audit_failures == []
+
+
+MakeBridge = Callable[..., "Bridge"]
+
+
+@contextlib.contextmanager
+def bridges(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, names: dict[str, list[str]]
+) -> Iterator[MakeBridge]:
+    """A factory of proxies (each with its own audit log), all closed at the end; ``names`` is the fake DNS."""
+    from tests.tools import require, require_root
+
+    require_root()
+    require("socat")
+    with contextlib.ExitStack() as stack:
+        made: list[Bridge] = []
+
+        def make(more_names: dict[str, list[str]] | None = None, **config: Any) -> Bridge:
+            path = tmp_path / f"audit{len(made)}.jsonl"
+            table = {**names, **(more_names or {})}
+            made.append(stack.enter_context(open_bridge(settings, path, monkeypatch, table, **config)))
+            return made[-1]
+
+        yield make

@@ -32,7 +32,7 @@ from corral.egress.policy import Policy
 from corral.sandbox.bwrap import BwrapSandbox
 from corral.sandbox.spec import Limits, RunResult, SandboxSpec, Violation
 from corral.settings import Settings
-from tests.bridged import TIMEOUT, Bridge, Door, Origins, open_bridge, relays, serve_origins, wait_for
+from tests.bridged import TIMEOUT, Bridge, Door, MakeBridge, Origins, bridges, relays, serve_origins, wait_for
 from tests.tools import require, require_root
 
 pytestmark = pytest.mark.sandbox
@@ -41,8 +41,6 @@ LIMITS = Limits(memory=1 << 30, pids=256, timeout=30)
 CORRAL = str(Path(sys.executable).with_name("corral"))
 WAIT_FOR = 'wait_for() { i=0; while [ ! -e "$1" ] && [ $i -lt 400 ]; do sleep 0.025; i=$((i+1)); done; }\n'
 """Shell: wait (at most 10 s) until the test creates the file named by $1 in the workspace."""
-
-MakeBridge = Callable[..., Bridge]
 
 
 @pytest.fixture
@@ -53,17 +51,7 @@ def origins() -> Iterator[Origins]:
 
 @pytest.fixture
 def make_bridge(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeBridge]:
-    require_root()
-    require("socat")
-    with contextlib.ExitStack() as stack:
-        made: list[Bridge] = []
-
-        def make(names: dict[str, list[str]] | None = None, **config: Any) -> Bridge:
-            names = {"allowed.test": ["127.0.0.1"], **(names or {})}
-            path = tmp_path / f"audit{len(made)}.jsonl"
-            made.append(stack.enter_context(open_bridge(settings, path, monkeypatch, names, **config)))
-            return made[-1]
-
+    with bridges(settings, tmp_path, monkeypatch, {"allowed.test": ["127.0.0.1"]}) as make:
         yield make
 
 

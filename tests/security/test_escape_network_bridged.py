@@ -14,7 +14,7 @@ import ipaddress
 import socket
 import subprocess
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,9 @@ import pytest
 from corral.egress.policy import Policy
 from corral.sandbox.process import Supervised
 from corral.settings import Settings
-from tests.bridged import TIMEOUT, Bridge, Door, Origins, open_bridge, relays, serve_origins, wait_for
+from tests.bridged import TIMEOUT, Bridge, Door, MakeBridge, Origins, bridges, relays, serve_origins, wait_for
 from tests.security.attack import Attacker
-from tests.tools import IN_CI, require, require_root
+from tests.tools import IN_CI, require
 
 pytestmark = pytest.mark.sandbox
 
@@ -85,8 +85,6 @@ def socks(host, port, command=1):
         return sock.recv(10)[1]
 '''
 
-MakeBridge = Callable[..., Bridge]
-
 
 @pytest.fixture
 def origins() -> Iterator[Origins]:
@@ -96,16 +94,7 @@ def origins() -> Iterator[Origins]:
 
 @pytest.fixture
 def make_bridge(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeBridge]:
-    require_root()
-    require("socat")
-    with contextlib.ExitStack() as stack:
-        made: list[Bridge] = []
-
-        def make(**config: Any) -> Bridge:
-            path = tmp_path / f"audit{len(made)}.jsonl"
-            made.append(stack.enter_context(open_bridge(settings, path, monkeypatch, NAMES, **config)))
-            return made[-1]
-
+    with bridges(settings, tmp_path, monkeypatch, NAMES) as make:
         yield make
 
 
