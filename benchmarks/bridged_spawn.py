@@ -33,8 +33,8 @@ def run(budget: Budget) -> Result:
         result.skipped = "the network bridge needs root"
         return result
 
+    from corral.egress.door import Door
     from corral.egress.policy import Policy
-    from corral.egress.thread import ProxyThread
     from corral.sandbox.bwrap import BwrapSandbox
     from corral.sandbox.spec import Limits, SandboxSpec
     from corral.settings import Settings
@@ -42,36 +42,32 @@ def run(budget: Budget) -> Result:
     with (
         tempfile.TemporaryDirectory(prefix="corral-bench-home-") as home,
         tempfile.TemporaryDirectory(prefix="corral-bench-ws-") as workspace,
-        ProxyThread() as proxy,
     ):
         settings = Settings(home=Path(home))
         sandbox = BwrapSandbox(settings)
-        socket = settings.runtime / "proxy" / f"bench-{os.getpid()}.sock"
-        socket.parent.mkdir(parents=True, exist_ok=True)
-        for directory in (socket.parent.parent, socket.parent):
-            directory.chmod(0o711)
-        proxy.open("bench", socket, Policy(allow=["example.invalid"]))
-        limits = Limits(memory=256 << 20, pids=64, cpus=1.0)
-        bridged = SandboxSpec(("true",), Path(workspace), limits=limits, egress=socket)
-        plain = SandboxSpec(("true",), Path(workspace), limits=limits)
-        first = sandbox.run(bridged)
-        if not first.ok:
-            result.error = f"the bridged run failed: {first.stderr.decode(errors='replace').strip()[-600:]}"
-            return result
-        failures: list[str] = []
+        policy = Policy(allow=["example.invalid"])
+        with Door(settings.runtime, policy, name=f"bench-{os.getpid()}") as door:
+            limits = Limits(memory=256 << 20, pids=64, cpus=1.0)
+            bridged = SandboxSpec(("true",), Path(workspace), limits=limits, egress=door.socket)
+            plain = SandboxSpec(("true",), Path(workspace), limits=limits)
+            first = sandbox.run(bridged)
+            if not first.ok:
+                result.error = f"the bridged run failed: {first.stderr.decode(errors='replace').strip()[-600:]}"
+                return result
+            failures: list[str] = []
 
-        def check(outcome_ok: bool, what: str) -> None:
-            if not outcome_ok:
-                failures.append(what)
+            def check(outcome_ok: bool, what: str) -> None:
+                if not outcome_ok:
+                    failures.append(what)
 
-        times, rounds, seconds = interleaved(
-            {
-                "bridged": lambda: check(sandbox.run(bridged).ok, "bridged"),
-                "plain": lambda: check(sandbox.run(plain).ok, "plain"),
-                "bare": lambda: subprocess.run(BARE_BWRAP, check=False) and None,
-            },
-            budget,
-        )
+            times, rounds, seconds = interleaved(
+                {
+                    "bridged": lambda: check(sandbox.run(bridged).ok, "bridged"),
+                    "plain": lambda: check(sandbox.run(plain).ok, "plain"),
+                    "bare": lambda: subprocess.run(BARE_BWRAP, check=False) and None,
+                },
+                budget,
+            )
 
     subject = Series("corral run with the network bridge", times["bridged"])
     plain_series = Series("corral run without network", times["plain"])

@@ -200,15 +200,11 @@ def _library_table(budget: Budget, workspace_kind: str) -> tuple[list[tuple[str,
 
 def _proxy_socket(settings: Any, stack: contextlib.ExitStack) -> Path:
     """An egress endpoint served by a ``ProxyThread`` for as long as ``stack`` lives, as in ``bridged_spawn``."""
+    from corral.egress.door import Door
     from corral.egress.policy import Policy
-    from corral.egress.thread import ProxyThread
 
-    proxy = stack.enter_context(ProxyThread())
-    socket: Path = settings.runtime / "proxy" / f"bench-phases-{os.getpid()}.sock"
-    socket.parent.mkdir(parents=True, exist_ok=True)
-    for directory in (socket.parent.parent, socket.parent):
-        directory.chmod(0o711)
-    proxy.open("bench-phases", socket, Policy(allow=["example.invalid"]))
+    door = Door(settings.runtime, Policy(allow=["example.invalid"]), name=f"bench-phases-{os.getpid()}")
+    socket: Path = stack.enter_context(door).socket
     return socket
 
 

@@ -27,6 +27,7 @@ import pytest
 from corral.egress import proxy as proxy_module
 from corral.egress import socks
 from corral.egress.audit import AuditLog, verify
+from corral.egress.door import Door as CorralDoor
 from corral.egress.endpoint import Endpoint
 from corral.egress.outbound import Unreachable
 from corral.egress.policy import Policy
@@ -185,17 +186,15 @@ class Bridge:
     @contextlib.contextmanager
     def door(self, policy: Policy) -> Iterator[Door]:
         """An endpoint with ``policy`` for one sandbox; closed (connections ended and audited) on leaving."""
-        directory = self.runtime / "proxy"
-        directory.mkdir(parents=True, exist_ok=True)
-        for path in (self.runtime, directory):
-            path.chmod(0o711)  # the relay runs as the sandbox's host uid, as in `corral sandbox run`
         name = f"t-{uuid.uuid4().hex[:12]}"
-        door = Door(name, directory / f"{name}.sock", self.proxy.open(name, directory / f"{name}.sock", policy))
-        try:
-            yield door
-        finally:
-            self.proxy.close(name)
-            door.violations = door.endpoint.violations()
+        with CorralDoor(self.runtime, policy, proxy=self.proxy, name=name) as opened:
+            assert opened.endpoint is not None
+            door = Door(name, opened.socket, opened.endpoint)
+            try:
+                yield door
+            finally:
+                opened.close()
+                door.violations = door.endpoint.violations()
 
     def records(self, door: Door | None = None) -> list[dict[str, Any]]:
         """The audit lines so far (of one door's sandbox, if given)."""

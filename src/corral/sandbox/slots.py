@@ -16,7 +16,16 @@ from pathlib import Path
 
 from corral.errors import SandboxError
 
-__all__ = ["Slot", "acquire", "lock_if_free", "restore_owner", "take_owner"]
+__all__ = [
+    "Slot",
+    "acquire",
+    "check_index",
+    "leftover_cgroups",
+    "leftover_owner",
+    "lock_if_free",
+    "restore_owner",
+    "take_owner",
+]
 
 
 @dataclasses.dataclass
