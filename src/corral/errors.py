@@ -12,7 +12,13 @@ says the fix::
     │   ├── WorkspaceError (FileNotFoundError)  exit 5,   HTTP 400
     │   ├── PolicyError                         exit 6,   HTTP 400
     │   ├── AuditLogError                       exit 7,   HTTP 400
+    │   ├── NotFoundError (LookupError)         exit 8,   HTTP 404
+    │   ├── ConflictError                       exit 9,   HTTP 409
+    │   ├── RepoError                           exit 10,  HTTP 400
+    │   ├── CredentialsError                    exit 11,  HTTP 503
     │   └── CommandNotFoundError                exit 127, HTTP 400
+    ├── GitError (RuntimeError)                 exit 75,  HTTP 502
+    ├── AgentError (RuntimeError)               exit 71,  HTTP 500
     └── SandboxError (RuntimeError)             exit 70,  HTTP 500
         └── SandboxUnavailableError             exit 69,  HTTP 503
 """
@@ -20,11 +26,17 @@ says the fix::
 from __future__ import annotations
 
 __all__ = [
+    "AgentError",
     "AuditLogError",
     "BadLimitError",
     "CommandNotFoundError",
+    "ConflictError",
     "CorralError",
+    "CredentialsError",
+    "GitError",
+    "NotFoundError",
     "PolicyError",
+    "RepoError",
     "SandboxError",
     "SandboxUnavailableError",
     "SettingsError",
@@ -85,11 +97,57 @@ class AuditLogError(UsageError):
     code = "bad_audit_log"
 
 
+class NotFoundError(UsageError, LookupError):
+    """A job, credential or other named thing does not exist."""
+
+    exit_code = 8
+    status = 404
+    code = "not_found"
+
+
+class ConflictError(UsageError):
+    """The thing asked for cannot happen in the current state (a finished job cannot be cancelled)."""
+
+    exit_code = 9
+    status = 409
+    code = "conflict"
+
+
+class RepoError(UsageError):
+    """A repository URL or ref is malformed, hostile, or not allowed by the settings."""
+
+    exit_code = 10
+    code = "bad_repo"
+
+
+class CredentialsError(UsageError):
+    """No usable Claude credential, or a credential file that cannot be read."""
+
+    exit_code = 11
+    status = 503
+    code = "no_credentials"
+
+
 class CommandNotFoundError(UsageError):
     """The command to run does not exist inside the sandbox."""
 
     exit_code = 127
     code = "command_not_found"
+
+
+class GitError(CorralError, RuntimeError):
+    """A git command on the host failed (the remote is unreachable, the ref does not exist...)."""
+
+    exit_code = 75
+    status = 502
+    code = "git_failed"
+
+
+class AgentError(CorralError, RuntimeError):
+    """The agent could not be started or its output could not be read."""
+
+    exit_code = 71
+    code = "agent_failed"
 
 
 class SandboxError(CorralError, RuntimeError):

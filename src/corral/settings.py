@@ -54,6 +54,24 @@ class Settings:
     """Default wall-clock timeout of a sandboxed command in seconds."""
     output_limit: int = 1 << 20
     """Bytes of stdout and of stderr kept in a run result (the tail is kept)."""
+    database_url: str = ""
+    """The job store (SQLAlchemy URL); empty means SQLite at ``HOME/corral.db``."""
+    claude_bin: str = ""
+    """The Claude Code CLI; empty means the pinned one the Makefile installs, else ``claude`` on PATH."""
+    anthropic_base_url: str = "https://api.anthropic.com"
+    """Where the API gateway forwards the agent's Messages API requests."""
+    git_allow_local: bool = False
+    """Whether jobs may use ``file://`` URLs and local paths as repositories."""
+    git_author: str = "corral <corral@localhost>"
+    """``Name <email>`` of the commits corral makes on job branches."""
+    job_timeout: float | None = 3600.0
+    """Default wall-clock limit of a job's agent run in seconds."""
+    idle_timeout: float | None = 600.0
+    """Seconds an agent may go without printing anything before it is stopped."""
+    startup_timeout: float | None = 300.0
+    """Seconds an agent may take to report that it started (Claude Code's ``system/init``)."""
+    permission_mode: str = "bypassPermissions"
+    """The Claude Code permission mode inside the sandbox (the sandbox is the boundary)."""
 
     @property
     def runtime(self) -> Path:
@@ -73,8 +91,10 @@ def _convert(name: str, value: Any, source: str) -> Any:
     try:
         if name == "memory" or name == "output_limit":
             return parse_size(value, what=f"setting {name!r}")
-        if name == "timeout":
+        if name.endswith("timeout"):
             return parse_duration(value, what=f"setting {name!r}")
+        if kind.startswith("bool"):
+            return _boolean(value)
         if kind.startswith("Path"):
             return Path(str(value)).expanduser()
         if kind.startswith("int"):
@@ -90,6 +110,17 @@ def _convert(name: str, value: Any, source: str) -> Any:
     except (ValueError, TypeError):
         msg = f"The setting {name!r} from {source} has the value {value!r}, which is not a {kind.split()[0]}."
         raise SettingsError(msg) from None
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
 
 
 def find_config(start: Path) -> Path | None:
