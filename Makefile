@@ -6,10 +6,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES := bubblewrap socat git curl iproute2 util-linux hyperfine libseccomp2 procps
+# The Claude Code CLI that jobs run, pinned: tool names and startup calls change between releases.
+CLAUDE_VERSION := 2.1.197
+CLAUDE_DIR := tools/claude-code
+CLAUDE := $(CLAUDE_DIR)/node_modules/.bin/claude
 
-.PHONY: setup system venv run test test-unit test-security lint bench clean
+.PHONY: setup system venv claude run test test-unit test-security lint bench clean
 
-setup: system venv
+setup: system venv claude
 
 system:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -27,6 +31,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	$(PY) -m compileall -q src
 	touch $@
+
+claude:
+	@$(CLAUDE) --version 2>/dev/null | grep -q '^$(CLAUDE_VERSION) ' || \
+		npm install --prefix $(CLAUDE_DIR) --no-audit --no-fund --loglevel=error @anthropic-ai/claude-code@$(CLAUDE_VERSION)
+	@$(CLAUDE) --version | grep -q '^$(CLAUDE_VERSION) ' || { echo "the Claude Code CLI $(CLAUDE_VERSION) did not install into $(CLAUDE_DIR)"; exit 1; }
 
 run: setup
 	$(VENV)/bin/corral doctor

@@ -13,7 +13,7 @@ __all__ = ["ALL", "BARE_BWRAP", "DEFAULT", "REPO"]
 
 REPO = Path(__file__).resolve().parent.parent
 
-DEFAULT = ("sandbox_spawn", "bridged_spawn", "cli_start", "srt", "egress_proxy")
+DEFAULT = ("sandbox_spawn", "bridged_spawn", "cli_start", "srt", "egress_proxy", "git_checkout", "job_overhead")
 """What ``python -m benchmarks`` runs with no names."""
 ALL = (*DEFAULT, "phases")
 """``phases`` (where the time of one run goes) runs only when named."""

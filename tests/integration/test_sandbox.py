@@ -176,3 +176,34 @@ def test_a_failure_after_spawn_leaves_no_sandbox_running(
                 continue
             assert b"failure-test.sock" not in cmdline  # no relay left
             assert not cmdline.startswith(b"sleep\x0030")
+
+
+def test_files_are_placed_inside_read_only_and_not_on_the_host(sandbox: BwrapSandbox, workspace: Path) -> None:
+    etc_dir = Path("/etc/ssl")  # exists on every Debian host; inside, a fresh directory hides its contents
+    spec = sh(
+        f"cat {etc_dir}/corral-test.json /tmp/deep/x.txt; ls {etc_dir}; echo > {etc_dir}/more || echo refused",
+        workspace,
+        files={etc_dir / "corral-test.json": b'{"a": 1}\n', Path("/tmp/deep/x.txt"): b"x" * 100_000 + b"\n"},
+    )
+    result = sandbox.run(spec)
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == '{"a": 1}'
+    assert lines[1] == "x" * 100_000
+    assert lines[2:] == ["corral-test.json", "refused"]
+    assert not (etc_dir / "corral-test.json").exists()
+
+
+def test_interrupt_reaches_the_command_and_not_only_bwrap(sandbox: BwrapSandbox, workspace: Path) -> None:
+    import signal
+    import threading
+
+    require_root()  # the tree is found through the sandbox's cgroup
+    spec = sh("trap 'echo got INT; exit 3' INT; echo ready; sleep 20 & wait", workspace)
+
+    def later(process: object) -> None:
+        threading.Timer(0.5, lambda: process.interrupt(signal.SIGINT, "cancelled")).start()  # type: ignore[attr-defined]
+
+    started = time.monotonic()
+    result = sandbox.run(spec, on_start=later)
+    assert result.stdout == b"ready\ngot INT\n"
+    assert time.monotonic() - started < 5

@@ -216,3 +216,20 @@ def test_git_cannot_be_pointed_at_a_config_of_the_attackers(
     subprocess.run([git, "-C", str(workspace), "status", "--porcelain"], env=env, capture_output=True, timeout=30)
     assert not ran_on_host.exists(), "the host's git ran the attacker's command"
     assert not (workspace / ".git/commondir").exists()
+
+
+def test_borrowed_objects_cannot_be_redirected(attacker: Attacker, repo: Path) -> None:
+    """A job's checkout borrows the mirror's objects: the attacker points alternates at another repository,
+    or replaces the info directory, so that host git would read (and push) objects of its choosing."""
+    info = repo / ".git/objects/info"
+    info.mkdir(parents=True)
+    (info / "alternates").write_text("/srv/mirror/objects\n")
+    outcomes = attacker.attempts(
+        "open('.git/objects/info/alternates', 'w').write('/root/other.git/objects')",
+        "os.rename('.git/objects/info', '.git/objects/elsewhere')",
+        "os.rename('.git/objects', '.git/objects-gone')",
+        "open('.git/objects/ab', 'x') and 'ok'",  # the object store itself stays writable for commits
+    )
+    assert outcomes[:3] == ["EROFS", "EBUSY", "EBUSY"]
+    assert outcomes[3] == "ok"
+    assert (info / "alternates").read_text() == "/srv/mirror/objects\n"

@@ -105,3 +105,37 @@ def test_the_command_waits_on_the_gate_until_the_parent_opens_it() -> None:
     assert argv[argv.index("--info-fd") + 1] == "5"
     assert argv[argv.index("--block-fd") + 1] == "6"
     assert argv.index("--block-fd") < argv.index("--")
+
+
+def test_files_get_a_fresh_read_only_directory_outside_scratch() -> None:
+    spec = SandboxSpec(
+        ("true",),
+        WS,
+        files={Path("/etc/claude-code/managed-settings.json"): b"{}", Path("/tmp/a/b.txt"): b"x"},
+    )
+    fds = {Path("/etc/claude-code/managed-settings.json"): 8, Path("/tmp/a/b.txt"): 9}
+    argv = build_argv(spec, LAYOUT, file_fds=fds)
+    assert pairs(argv, "--ro-bind-data") == [("8", "/etc/claude-code/managed-settings.json"), ("9", "/tmp/a/b.txt")]
+    tmpfs = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--tmpfs"]
+    assert "/etc/claude-code" in tmpfs
+    assert "/tmp/a" not in tmpfs  # /tmp is the sandbox's own already
+    remounts = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--remount-ro"]
+    assert remounts[-2:] == ["/etc/claude-code", "/"]
+    # the directory is covered before its file is placed, and made read-only after
+    assert argv.index("/etc/claude-code") < argv.index("8") < len(argv) - argv[::-1].index("/etc/claude-code")
+
+
+def test_files_that_would_need_a_host_mount_point_are_refused(tmp_path: Path) -> None:
+    import pytest
+
+    from corral.errors import UsageError
+    from corral.sandbox.bwrap import check_files
+
+    for dest, why in (
+        (tmp_path / "ws" / "f", "bound from the host"),
+        (Path("/etc/no-such-dir-corral/f"), "must exist on the host"),
+        (Path("relative/f"), "absolute path"),
+        (Path("/f"), "absolute path below a directory"),
+    ):
+        with pytest.raises(UsageError, match=why):
+            check_files(SandboxSpec(("true",), tmp_path / "ws", files={dest: b""}))

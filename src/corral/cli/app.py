@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from corral.cli.auth import auth_app
 from corral.errors import UsageError
 
 app = typer.Typer(
@@ -20,6 +21,9 @@ sandbox_app = typer.Typer(no_args_is_help=True, help="Run any command in a locke
 app.add_typer(sandbox_app, name="sandbox")
 audit_app = typer.Typer(no_args_is_help=True, help="Check egress audit logs.")
 app.add_typer(audit_app, name="audit")
+jobs_app = typer.Typer(no_args_is_help=True, help="Read the jobs in the local store.")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(auth_app, name="auth")
 
 
 @sandbox_app.command("run")
@@ -79,6 +83,97 @@ def sandbox_run(
         audit_log=str(audit_log) if audit_log is not None else None,
     )
     raise typer.Exit(run(args))
+
+
+@app.command("run")
+def run_(
+    prompt: Annotated[str, typer.Argument(help="What the agent should do.", show_default=False)],
+    repo: Annotated[str, typer.Option("--repo", help="The git repository to work on (URL).", show_default=False)],
+    ref: Annotated[
+        Optional[str], typer.Option(help="Branch, tag or commit to start from (default: the remote's HEAD).")
+    ] = None,
+    push: Annotated[
+        bool, typer.Option("--push", help="Push the job branch with the bot token when the job succeeds.")
+    ] = False,
+    timeout: Annotated[
+        Optional[str], typer.Option(help="Wall-clock limit of the agent, e.g. 30m (default: the setting job_timeout).")
+    ] = None,
+    allow_domain: Annotated[
+        Optional[list[str]],
+        typer.Option("--allow-domain", help="Host the agent may reach besides the API gateway (repeatable)."),
+    ] = None,
+    model: Annotated[Optional[str], typer.Option(help="The model the agent uses.")] = None,
+    max_turns: Annotated[
+        Optional[int], typer.Option("--max-turns", help="Stop the agent after this many turns.")
+    ] = None,
+    max_budget: Annotated[
+        Optional[float], typer.Option("--max-budget-usd", help="Stop the agent past this estimated cost.")
+    ] = None,
+    env: Annotated[
+        Optional[list[str]],
+        typer.Option("--env", "-e", help="NAME=VALUE for the agent's environment (repeatable); corral's own win."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the stored job as JSON instead of the summary.")
+    ] = False,
+) -> None:
+    """Run the agent on PROMPT in a fresh checkout of the repository, in the sandbox; store and report the job.
+
+    Exits 0 when the job succeeded, 1 when it failed, 124 when it timed out, 130 when cancelled.
+    """
+    from corral.cli.jobs import open_store, run_job
+    from corral.jobs.models import JobOptions
+    from corral.runner.job import JobRunner
+    from corral.settings import get_settings
+    from corral.units import parse_duration
+
+    options = JobOptions(
+        model=model,
+        max_turns=max_turns,
+        max_budget_usd=max_budget,
+        timeout=parse_duration(timeout, what="--timeout") if timeout is not None else None,
+        allow_domains=tuple(allow_domain or ()),
+        push=push,
+        env=tuple(env or ()),
+    )
+    runner = JobRunner(get_settings(), open_store())
+    job = runner.submit(prompt, repo, ref=ref, options=options)
+    raise typer.Exit(run_job(runner, job, as_json=as_json))
+
+
+@jobs_app.command("list")
+def jobs_list(
+    state: Annotated[
+        Optional[str], typer.Option(help="Only jobs in this state (queued, running, succeeded...).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the jobs, newest first."""
+    from corral.cli.jobs import list_jobs, open_store
+
+    list_jobs(open_store(), state=state, limit=limit, as_json=as_json)
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: Annotated[str, typer.Argument(help="The job's id.", show_default=False)]) -> None:
+    """Print one job, with its result, as JSON."""
+    from corral.cli.jobs import open_store, show_job
+
+    show_job(open_store(), job_id)
+
+
+@jobs_app.command("logs")
+def jobs_logs(
+    job_id: Annotated[str, typer.Argument(help="The job's id.", show_default=False)],
+    raw: Annotated[
+        bool, typer.Option("--raw", help="Only the agent's own output lines, verbatim (stream-json).")
+    ] = False,
+) -> None:
+    """Print the job's event log."""
+    from corral.cli.jobs import open_store, print_logs
+
+    print_logs(open_store(), job_id, raw=raw)
 
 
 @app.command()

@@ -44,7 +44,8 @@ class ProxyThread:
         self._thread = threading.Thread(target=self._loop.run_forever, name="corral-egress", daemon=True)
         self._thread.start()
 
-    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the proxy's loop (other servers of a job share it) and return its result."""
         if self._stopped:
             coroutine.close()
             msg = "The egress proxy thread is stopped; start a new ProxyThread."
@@ -53,21 +54,21 @@ class ProxyThread:
 
     def open(self, sandbox_id: str, socket_path: Path | str, policy: Policy, owner_uid: int | None = None) -> Endpoint:
         """Start serving ``sandbox_id`` at ``socket_path``; see ``EgressProxy.open``."""
-        return self._call(self.proxy.open(sandbox_id, socket_path, policy, owner_uid=owner_uid))
+        return self.call(self.proxy.open(sandbox_id, socket_path, policy, owner_uid=owner_uid))
 
     def endpoint(self, sandbox_id: str) -> Endpoint:
         return self.proxy.endpoint(sandbox_id)
 
     def close(self, sandbox_id: str) -> None:
         """Stop serving ``sandbox_id``: its connections end and are audited, its socket is removed."""
-        self._call(self.proxy.close(sandbox_id))
+        self.call(self.proxy.close(sandbox_id))
 
     def stop(self, timeout: float = 10.0) -> None:
         """Close every endpoint and end the thread. Safe to call twice."""
         if self._stopped:
             return
         try:
-            self._call(self.proxy.aclose())
+            self.call(self.proxy.aclose())
         finally:
             self._stopped = True
             self._loop.call_soon_threadsafe(self._loop.stop)

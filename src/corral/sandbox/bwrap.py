@@ -41,6 +41,7 @@ def build_argv(
     staged: Mapping[Path, Path] | None = None,
     info_fd: int | None = None,
     gate_fd: int | None = None,
+    file_fds: Mapping[Path, int] | None = None,
 ) -> list[str]:
     """The complete bwrap command line for ``spec`` (pure: no I/O).
 
@@ -85,6 +86,13 @@ def build_argv(
         argv += bind("--ro-bind", path)
     for mask, is_dir in layout.masks:
         argv += ["--tmpfs", str(mask), "--remount-ro", str(mask)] if is_dir else ["--ro-bind", "/dev/null", str(mask)]
+    file_dirs = sorted({dest.parent for dest in spec.files if not _in_scratch(dest)})  # see check_files
+    for directory in file_dirs:
+        argv += ["--tmpfs", str(directory)]
+    for dest, fd in sorted((file_fds or {}).items()):
+        argv += ["--ro-bind-data", str(fd), str(dest)]
+    for directory in file_dirs:
+        argv += ["--remount-ro", str(directory)]
     argv += ["--remount-ro", "/", "--chdir", str(spec.cwd or spec.workspace)]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
@@ -93,6 +101,28 @@ def build_argv(
     if gate_fd is not None:
         argv += ["--block-fd", str(gate_fd)]
     return [*argv, "--", *spec.command]
+
+
+SCRATCH = (Path("/tmp"), Path("/run"), Path(SANDBOX_HOME))
+"""The sandbox's own tmpfs trees: bwrap creates files and directories there without touching the host."""
+
+
+def _in_scratch(path: Path) -> bool:
+    return any(path.is_relative_to(tree) for tree in SCRATCH)
+
+
+def check_files(spec: SandboxSpec) -> None:
+    """Refuse a file to place that would need a mount point on the host (inside a bound host tree)."""
+    for dest in spec.files:
+        if not dest.is_absolute() or ".." in dest.parts or dest.parent == Path("/"):
+            msg = f"The file {dest} to place in the sandbox needs an absolute path below a directory; fix its path."
+            raise UsageError(msg)
+        if any(dest.is_relative_to(tree) for tree in (spec.workspace, *spec.ro_binds)):
+            msg = f"The file {dest} to place lies in a tree bound from the host; write it there instead."
+            raise UsageError(msg)
+        if not _in_scratch(dest) and not dest.parent.is_dir():
+            msg = f"The directory {dest.parent} must exist on the host to hold {dest.name} inside; create it."
+            raise UsageError(msg)
 
 
 def resolve_command(spec: SandboxSpec, visible: Sequence[Path]) -> str:
@@ -129,7 +159,19 @@ class BwrapSandbox:
         return os.geteuid() == 0
 
     def secrets(self) -> list[Path]:
-        return [self.settings.home, self.settings.runtime]
+        """What no sandbox may see: corral's home and runtime, and a Claude login adopted from elsewhere."""
+        found = [self.settings.home, self.settings.runtime]
+        if (self.settings.home / "credentials" / "claude.json").exists():
+            from corral.secrets import CredentialStore
+
+            adopted = CredentialStore(self.settings.home).adopted_dir()
+            found += [adopted] if adopted is not None else []
+        return found
+
+    def shared(self) -> list[Path]:
+        """The trees of corral's home that sandboxes may be given: job directories and git mirrors."""
+        home = Path(os.path.realpath(self.settings.home))
+        return [home / "jobs", home / "git"]
 
     def check(self, spec: SandboxSpec) -> None:
         """Refuse a spec that cannot run, before anything is started."""
@@ -143,6 +185,7 @@ class BwrapSandbox:
             raise UsageError(msg)
         if spec.egress is not None:
             bridge.check_socket(spec.egress)
+        check_files(spec)
         if _which(self.settings.bwrap, os.environ.get("PATH", os.defpath)) is None:
             msg = (
                 f"bubblewrap ({self.settings.bwrap!r}) is not installed; install it "
@@ -162,7 +205,7 @@ class BwrapSandbox:
         self.check(spec)
         spec = _real_paths(spec)
         before = paths.present(spec.workspace)
-        layout = paths.plan_layout(spec, self.secrets(), paths.find_protected(spec.workspace, before))
+        layout = paths.plan_layout(spec, self.secrets(), paths.find_protected(spec.workspace, before), self.shared())
         visible = [Path(p) for p, _ in layout.system] + [spec.workspace, *spec.ro_binds]
         resolve_command(spec, visible)
         if self._program is None:
@@ -231,6 +274,7 @@ class BwrapSandbox:
                 owner = slots.take_owner(slot, spec.workspace, host_uid)
                 undo.callback(slots.restore_owner, spec.workspace, host_uid, owner)
             seccomp_fd = _pipe_with(program, undo)
+            file_fds = {dest: _memfd_with(data, undo) for dest, data in spec.files.items()}
             staged: dict[Path, Path] = {}
             if host_uid is not None and not all(map(_reachable_by_others, (spec.workspace, *spec.ro_binds))):
                 staged = staging.prepare(self.settings.runtime, slot.name, (spec.workspace, *spec.ro_binds))
@@ -249,12 +293,13 @@ class BwrapSandbox:
                 staged=staged,
                 info_fd=info_fd,
                 gate_fd=gate_fd,
+                file_fds=file_fds,
             )
             try:
                 proc = Supervised(
                     argv,
                     env=spec.full_env(),
-                    pass_fds=(seccomp_fd, info_fd, gate_fd),
+                    pass_fds=(seccomp_fd, info_fd, gate_fd, *file_fds.values()),
                     stdin=stdin,
                     user=None if staged else host_uid,
                     preexec=_child_setup(staged, host_uid) if staged else None,
@@ -265,16 +310,20 @@ class BwrapSandbox:
                 os.close(gate_fd)
             undo.callback(proc.abort)  # if anything below fails, the sandbox must not run on
             sandbox_pid = _sandbox_pid(info_read)
+            not_the_command = {proc.pid, sandbox_pid or proc.pid}
             if group is not None and sandbox_pid is not None:
                 group.join(sandbox_pid)
             if spec.egress is not None and sandbox_pid is not None:
                 if host_uid is not None:
                     os.chown(spec.egress, host_uid, host_uid)
                 relay = bridge.start_relay(spec.egress, sandbox_pid, host_uid)
+                not_the_command.add(relay.pid)
                 undo.callback(_stop, relay)
                 if group is not None:
                     group.join(relay.pid)
                 bridge.wait_listening(relay)
+            if group is not None and sandbox_pid is not None:
+                proc.signal_tree = _signaller(group, not_the_command)
             _open_gate(gate_write)
             if on_start is not None:
                 on_start(proc)
@@ -341,6 +390,26 @@ def _pipe_with(data: bytes, undo: contextlib.ExitStack) -> int:
     finally:
         os.close(write_fd)
     return read_fd
+
+
+def _signaller(group: cgroups.Cgroup, exclude: set[int]) -> Callable[[int], None]:
+    """Signals every process in ``group`` but bwrap and the relay (the command's whole tree)."""
+
+    def send(signum: int) -> None:
+        for pid in group.pids_inside() - exclude:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    return send
+
+
+def _memfd_with(data: bytes, undo: contextlib.ExitStack) -> int:
+    """An anonymous file holding ``data``, read from its start (any size, unlike a pipe)."""
+    fd = os.memfd_create("corral-file")
+    undo.callback(os.close, fd)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def _child_setup(staged: dict[Path, Path], host_uid: int | None) -> Callable[[], None]:

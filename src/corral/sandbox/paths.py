@@ -49,10 +49,13 @@ PROTECTED_NAMES = frozenset(
     }
 )
 PROTECTED_IN = {
-    ".git": frozenset({"hooks", "config", "config.worktree", "commondir", "modules", "worktrees"}),
+    ".git": frozenset(
+        {"hooks", "config", "config.worktree", "commondir", "modules", "worktrees", "objects/info/alternates"}
+    ),
     ".claude": frozenset({"commands", "agents"}),
 }
-"""Protected entries inside these directories (``.git/hooks``...)."""
+"""Protected entries inside these directories (``.git/hooks``...); ``objects/info/alternates`` names
+where git reads objects from (a job's checkout borrows the mirror's), so host git must not be led elsewhere."""
 PROTECTED_DEPTH = 3
 SKIP_DIRS = frozenset({".git", "node_modules", ".venv", "__pycache__"})
 HOME_SECRETS = (
@@ -149,6 +152,11 @@ def present(workspace: Path, depth: int = PROTECTED_DEPTH) -> frozenset[Path]:
             for name, inside in PROTECTED_IN.items():
                 if name in entries and entries[name].is_dir(follow_symlinks=False):
                     found.update(directory / name / child for child in inside.intersection(_listing(directory / name)))
+                    found.update(
+                        directory / name / child
+                        for child in inside
+                        if "/" in child and _through_real_dirs(directory / name / child, directory / name)
+                    )
             if ".git" in entries and entries[".git"].is_dir(follow_symlinks=False):
                 hooks = _hooks_path(directory)
                 if hooks is not None and _through_real_dirs(hooks, workspace):
@@ -232,8 +240,14 @@ def _within(path: str, tree: str) -> bool:
     return path == tree or path.startswith(tree.rstrip("/") + "/")
 
 
-def plan_layout(spec: SandboxSpec, secrets: Iterable[Path], protected: Iterable[Path]) -> Layout:
-    """Check the spec's paths against the host and decide the mounts."""
+def plan_layout(
+    spec: SandboxSpec, secrets: Iterable[Path], protected: Iterable[Path], shared: Iterable[Path] = ()
+) -> Layout:
+    """Check the spec's paths against the host and decide the mounts.
+
+    ``shared`` are trees inside a secret that may still be bound (corral's job checkouts and git
+    mirrors live in its home, next to its credentials).
+    """
     workspace = spec.workspace
     if not workspace.is_dir():
         msg = f"The workspace {workspace} does not exist or is not a directory; create it or pass another --workspace."
@@ -243,6 +257,8 @@ def plan_layout(spec: SandboxSpec, secrets: Iterable[Path], protected: Iterable[
         if not os.path.lexists(bind):
             msg = f"The path {bind} to bind read-only does not exist; fix the --ro value."
             raise WorkspaceError(msg)
+        if any(_within(str(bind), str(tree)) for tree in shared):
+            continue
         for secret in never:
             if _within(str(bind), secret):
                 msg = (

@@ -7,6 +7,7 @@ the async service runs it in a worker thread (the thread that spawns bwrap outli
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import signal
@@ -55,6 +56,8 @@ class Supervised:
         kill_tree: Callable[[], None] | None = None,
     ) -> None:
         self._kill_tree = kill_tree
+        self.signal_tree: Callable[[int], None] | None = None
+        """Sends a signal to every process of the command's tree; set by the backend once it knows them."""
         self._lock = threading.Lock()
         self.killed_by: str | None = None
         self.started = time.monotonic()
@@ -88,6 +91,17 @@ class Supervised:
                 os.kill(self.popen.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+    def interrupt(self, signum: int, why: str) -> None:
+        """Send ``signum`` to the command's processes (not to bwrap): a polite stop, unlike ``kill``."""
+        with self._lock:
+            if self.killed_by is None:
+                self.killed_by = why
+        if self.signal_tree is not None:
+            self.signal_tree(signum)
+        elif self.popen.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.popen.pid, signum)
 
     def abort(self) -> None:
         """End a process whose output will never be pumped: kill it, reap it, close its pipes."""

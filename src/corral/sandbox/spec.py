@@ -45,6 +45,10 @@ class SandboxSpec:
     limits: Limits = Limits()
     deny: tuple[Path, ...] = ()
     """Host paths that must not be visible inside, on top of the built-in hidden paths."""
+    files: Mapping[Path, bytes] = dataclasses.field(default_factory=dict)
+    """Read-only files placed inside at these paths (not on the host). A file outside ``/tmp``,
+    ``/run`` and the home gets a fresh read-only directory: its parent must exist on the host and
+    is hidden inside by one holding only the files given here."""
     egress: Path | None = None
     """The host Unix socket of this sandbox's egress proxy endpoint; ``None`` means no network at all."""
     uid: int = 1000

@@ -1,0 +1,135 @@
+"""A job's checkout from a warm mirror versus a fresh ``git clone``, for a repository of 20,000 files.
+
+The repository (20,000 source-like files of about 2 KiB, three commits, repacked with bitmaps as a
+forge keeps it) is served over smart HTTP by the real ``git http-backend`` on 127.0.0.1
+(``tests/gitserver.py``). The subject is ``GitCache.checkout`` with the mirror already fresh: the
+refresh fetch against the server, the shared clone of the mirror and the checkout of the files.
+The baseline, interleaved with it in the same loop, is ``git clone`` of the same URL. A third
+series times the refresh fetch alone (``GitCache.mirror``), to show what the checkout adds to
+writing the files. Both write every file, so the file system of the scratch directory (``TMPDIR``)
+sets a floor; the notes name it.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmarks._stats import Budget, Result, Series, Target, fmt_ms
+
+NAME = "git_checkout"
+TITLE = "a job's checkout of 20,000 files from a warm mirror vs a fresh git clone over smart HTTP"
+
+FILES = 20_000
+AVERAGE_SIZE = 2048
+MAX_ROUNDS = 10
+MAX_SECONDS = 60.0
+MAX_RATIO = 0.25
+
+
+def run(budget: Budget) -> Result:
+    result = Result(NAME, TITLE)
+    if shutil.which("git") is None:
+        result.skipped = "git is not installed (apt-get install --no-install-recommends git)"
+        return result
+
+    from tests.gitserver import GIT_ENV, git, make_repo, serve
+
+    from corral.gitcache import GitCache
+
+    rounds = min(budget.max_iterations, MAX_ROUNDS)
+    seconds = min(budget.max_seconds, MAX_SECONDS)
+    with tempfile.TemporaryDirectory(prefix="corral-bench-git-") as scratch:
+        root = Path(scratch)
+        start = time.perf_counter()
+        bare = make_repo(root / "server" / "big.git", files=FILES, commits=3, size=AVERAGE_SIZE)
+        git("repack", "-a", "-d", "-b", "-q", cwd=bare)
+        size = sum(p.stat().st_size for p in (bare / "objects" / "pack").iterdir())
+        result.notes.append(
+            f"repository: {FILES} files, pack {size / 2**20:.1f} MiB, built in {time.perf_counter() - start:.1f} s"
+        )
+        result.notes.append(f"scratch directory on {_filesystem(root)} (set TMPDIR to measure elsewhere)")
+        with serve(root / "server") as base:
+            url = f"{base}/big.git"
+            cache = GitCache(root / "cache")
+            start = time.perf_counter()
+            cache.mirror(url)
+            result.notes.append(f"first mirror (clone --mirror over HTTP): {fmt_ms(time.perf_counter() - start)}")
+            jobs = iter(range(1_000_000))
+
+            def checkout(dest: Path) -> None:
+                cache.checkout(url, None, f"bench-{next(jobs)}", dest)
+
+            def clone(dest: Path) -> None:
+                subprocess.run(["git", "clone", "--quiet", url, str(dest)], env=GIT_ENV, check=True)
+
+            def refresh(dest: Path) -> None:
+                cache.mirror(url)
+
+            subjects = {"checkout": checkout, "clone": clone, "refresh": refresh}
+            times, done, took = _interleaved(subjects, root / "work", rounds=rounds, seconds=seconds)
+            result.notes.append(f"{done} interleaved rounds in {took:.1f} s after 1 warm-up round")
+
+    checkout_series = Series("corral GitCache.checkout (warm mirror, with its refresh fetch)", times["checkout"])
+    clone_series = Series("git clone over smart HTTP from 127.0.0.1", times["clone"])
+    refresh_series = Series("the refresh fetch alone (GitCache.mirror)", times["refresh"])
+    result.series = [checkout_series, clone_series, refresh_series]
+    ratio = checkout_series.p50 / clone_series.p50
+    result.ratios["p50 checkout / clone"] = ratio
+    result.ratios["p90 checkout / clone"] = checkout_series.p90 / clone_series.p90
+    result.notes.append(
+        f"checkout minus its refresh fetch at p50 (clone --shared + writing the files): "
+        f"{fmt_ms(checkout_series.p50 - refresh_series.p50)}"
+    )
+    result.targets = [Target("p50 ratio checkout / clone", ratio, MAX_RATIO, "x")]
+    return result
+
+
+def _interleaved(
+    subjects: dict[str, Callable[[Path], None]], work: Path, *, rounds: int, seconds: float
+) -> tuple[dict[str, list[float]], int, float]:
+    """Like ``_stats.interleaved``, but each call gets a fresh directory, removed outside the timing."""
+    work.mkdir()
+    times: dict[str, list[float]] = {label: [] for label in subjects}
+    order = list(subjects)
+    shuffle = random.Random(0).shuffle
+
+    def one_round(record: bool) -> None:
+        shuffle(order)
+        for label in order:
+            dest = work / label
+            t0 = time.perf_counter()
+            subjects[label](dest)
+            elapsed = time.perf_counter() - t0
+            if record:
+                times[label].append(elapsed)
+            if dest.exists():
+                shutil.rmtree(dest)
+
+    one_round(record=False)
+    start = time.perf_counter()
+    done = 0
+    while done < rounds and time.perf_counter() - start < seconds:
+        one_round(record=True)
+        done += 1
+    return times, done, time.perf_counter() - start
+
+
+def _filesystem(path: Path) -> str:
+    """The type and mount point of the file system holding ``path`` (from /proc/self/mounts)."""
+    best = ("", "unknown")
+    try:
+        with open("/proc/self/mounts") as fh:
+            for line in fh:
+                fields = line.split()
+                mount, kind = fields[1], fields[2]
+                if (str(path.resolve()) + "/").startswith(mount.rstrip("/") + "/") and len(mount) >= len(best[0]):
+                    best = (mount, kind)
+    except OSError:
+        return "an unknown file system"
+    return f"{best[1]} ({best[0]})"

@@ -1,0 +1,332 @@
+"""The job store on SQLAlchemy: SQLite on one machine, and any database SQLAlchemy speaks later.
+
+Every write runs in one transaction that first reads the job row ``FOR UPDATE``; on SQLite
+that transaction starts with ``BEGIN IMMEDIATE`` (the write lock is taken before the read),
+so writers in other threads and other processes queue behind it (WAL, ``busy_timeout``)
+instead of reading a state that is about to change. The schema is owned by the alembic
+migrations in ``migrations/``; ``SqlJobStore.open`` brings a database to their head.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import (
+    DateTime,
+    Dialect,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from corral.errors import ConflictError, NotFoundError, SettingsError, UsageError
+from corral.jobs.models import TERMINAL, Event, Job, JobOptions, JobResult, JobState, next_state, utc_now
+
+__all__ = ["HEAD_REVISION", "Base", "EventRow", "JobRow", "SqlJobStore"]
+
+HEAD_REVISION = "0001"
+"""The newest migration in ``migrations/versions``; a test keeps it equal to alembic's head."""
+
+BUSY_TIMEOUT_MS = 30_000
+"""How long an SQLite writer waits for another one before giving up."""
+
+_CHANGES = frozenset({"result", "error", "session_id"})
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every database (SQLite stores it naive, in UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            msg = f"The time {value.isoformat()} has no timezone; corral stores every time in UTC."
+            raise UsageError(msg)
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class JobRow(Base):
+    """One job; ``options`` and ``result`` hold the JSON of ``JobOptions`` and ``JobResult``."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index(None, "state", "created_at"), Index(None, "created_at"))
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    prompt: Mapped[str] = mapped_column(Text)
+    repo: Mapped[str] = mapped_column(Text)
+    ref: Mapped[str | None] = mapped_column(Text)
+    agent: Mapped[str] = mapped_column(String(64))
+    options: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    result: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    session_id: Mapped[str | None] = mapped_column(String(128))
+
+
+class EventRow(Base):
+    """One line of a job's event log; the primary key (job_id, seq) keeps ``seq`` unique per job."""
+
+    __tablename__ = "job_events"
+
+    job_id: Mapped[str] = mapped_column(String(32), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(UtcDateTime)
+    kind: Mapped[str] = mapped_column(String(32))
+    data: Mapped[str] = mapped_column(Text)
+
+
+JOBS = cast(Table, JobRow.__table__)
+EVENTS = cast(Table, EventRow.__table__)
+
+
+def _job(row: Row[Any]) -> Job:
+    return Job(
+        id=row.id,
+        prompt=row.prompt,
+        repo=row.repo,
+        ref=row.ref,
+        agent=row.agent,
+        options=JobOptions.from_dict(json.loads(row.options)),
+        state=JobState(row.state),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        result=None if row.result is None else JobResult.from_dict(json.loads(row.result)),
+        error=row.error,
+        session_id=row.session_id,
+    )
+
+
+def _not_found(job_id: str) -> NotFoundError:
+    return NotFoundError(f"No job has the id {job_id!r}; `corral jobs list` shows the jobs.")
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    """WAL, a busy timeout, foreign keys, and transactions that corral begins itself."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # pysqlite must not begin or commit on its own
+        cursor = dbapi_connection.cursor()
+        for pragma in (f"busy_timeout={BUSY_TIMEOUT_MS}", "journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        write = connection.get_execution_options().get("corral_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+class SqlJobStore:
+    """``JobStore`` on an SQLAlchemy engine; safe to share between threads."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._writer = engine.execution_options(corral_write=True)
+
+    @classmethod
+    def open(cls, url: str) -> SqlJobStore:
+        """Connect to ``url`` and migrate its schema to the newest revision."""
+        engine = create_engine(url)
+        if engine.dialect.name == "sqlite":
+            _sqlite_setup(engine)
+        store = cls(engine)
+        try:
+            store._migrate()
+        except DBAPIError as err:
+            engine.dispose()
+            msg = f"The job store {store._name} cannot be opened ({err.orig}); check database_url and its permissions."
+            raise SettingsError(msg) from None
+        except BaseException:
+            engine.dispose()
+            raise
+        return store
+
+    @property
+    def _name(self) -> str:
+        return self._engine.url.render_as_string(hide_password=True)
+
+    def _revisions(self) -> builtins.list[str]:
+        with self._engine.connect() as conn:
+            if not inspect(conn).has_table("alembic_version"):
+                return []
+            return builtins.list(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
+
+    def _migrate(self) -> None:
+        if self._revisions() == [HEAD_REVISION]:
+            return  # the fast path: alembic is not even imported
+        from alembic import command
+        from alembic.config import Config
+        from alembic.script import ScriptDirectory
+
+        config = Config()
+        config.set_main_option("script_location", "corral.jobs:migrations")
+        known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
+        unknown = [revision for revision in self._revisions() if revision not in known]
+        if unknown:
+            msg = (
+                f"The job store {self._name} has the schema revision {unknown[0]!r}, which this "
+                "corral does not know: a newer corral wrote it. Upgrade corral, or set database_url to another store."
+            )
+            raise SettingsError(msg)
+        with self._writer.begin() as conn:  # one writer migrates; the others wait, then find it done
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def add(self, job: Job) -> Job:
+        if job.state is not JobState.QUEUED:
+            msg = f"A job is stored as queued before anything else happens; job {job.id!r} is {job.state}."
+            raise ConflictError(msg)
+        try:
+            with self._writer.begin() as conn:
+                conn.execute(insert(JOBS).values(**self._columns(job)))
+        except IntegrityError:
+            msg = f"A job with the id {job.id!r} is already stored; give the new job another id."
+            raise ConflictError(msg) from None
+        return job
+
+    @staticmethod
+    def _columns(job: Job) -> dict[str, Any]:
+        return {
+            "id": job.id,
+            "prompt": job.prompt,
+            "repo": job.repo,
+            "ref": job.ref,
+            "agent": job.agent,
+            "options": json.dumps(job.options.to_dict()),
+            "state": job.state.value,
+            "created_at": job.created_at,
+            "updated_at": job.updated_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+            "result": None if job.result is None else json.dumps(job.result.to_dict()),
+            "error": job.error,
+            "session_id": job.session_id,
+        }
+
+    def get(self, job_id: str) -> Job:
+        with self._engine.connect() as conn:
+            row = conn.execute(select(JOBS).where(JOBS.c.id == job_id)).one_or_none()
+        if row is None:
+            raise _not_found(job_id)
+        return _job(row)
+
+    def list(self, *, state: JobState | None = None, limit: int = 50) -> builtins.list[Job]:
+        if limit < 1:
+            msg = f"The number of jobs to list must be 1 or more, not {limit}."
+            raise UsageError(msg)
+        query = select(JOBS).order_by(JOBS.c.created_at.desc(), JOBS.c.id.desc()).limit(limit)
+        if state is not None:
+            query = query.where(JOBS.c.state == JobState(state).value)
+        with self._engine.connect() as conn:
+            return [_job(row) for row in conn.execute(query)]
+
+    def update(self, job_id: str, *, state: JobState | None = None, **changes: Any) -> Job:
+        unknown = sorted(set(changes) - _CHANGES)
+        if unknown:
+            msg = f"A job update cannot change {unknown[0]!r}; it can change: state, {', '.join(sorted(_CHANGES))}."
+            raise UsageError(msg)
+        values: dict[str, Any] = {name: changes[name] for name in ("error", "session_id") if name in changes}
+        if "result" in changes:
+            result = changes["result"]
+            if result is not None and not isinstance(result, JobResult):
+                msg = f"A job's result is a JobResult or None, not {type(result).__name__}."
+                raise UsageError(msg)
+            values["result"] = None if result is None else json.dumps(result.to_dict())
+        with self._writer.begin() as conn:
+            row = conn.execute(select(JOBS).where(JOBS.c.id == job_id).with_for_update()).one_or_none()
+            if row is None:
+                raise _not_found(job_id)
+            now = utc_now()
+            values["updated_at"] = now
+            if state is not None:
+                new = next_state(JobState(row.state), JobState(state))
+                values["state"] = new.value
+                if new is JobState.RUNNING:
+                    values["started_at"] = now
+                if new in TERMINAL:
+                    values["finished_at"] = now
+            # The state in the WHERE clause makes this a compare-and-set even without the lock.
+            done = conn.execute(update(JOBS).where(JOBS.c.id == job_id, JOBS.c.state == row.state).values(**values))
+            if done.rowcount != 1:
+                msg = f"Job {job_id!r} changed state while it was being updated; read it again and retry."
+                raise ConflictError(msg)
+            row = conn.execute(select(JOBS).where(JOBS.c.id == job_id)).one()
+        return _job(row)
+
+    def append_event(self, job_id: str, kind: str, data: str) -> Event:
+        if not kind or len(kind) > 32:
+            msg = f"An event kind is a name of 1 to 32 characters, not {kind!r}."
+            raise UsageError(msg)
+        at = utc_now()
+        with self._writer.begin() as conn:
+            # Locking the job row serialises the writers of one job on databases with row locks.
+            if conn.execute(select(JOBS.c.id).where(JOBS.c.id == job_id).with_for_update()).one_or_none() is None:
+                raise _not_found(job_id)
+            last = conn.execute(select(func.max(EVENTS.c.seq)).where(EVENTS.c.job_id == job_id)).scalar()
+            seq = (last or 0) + 1
+            conn.execute(insert(EVENTS).values(job_id=job_id, seq=seq, at=at, kind=kind, data=data))
+        return Event(job_id=job_id, seq=seq, at=at, kind=kind, data=data)
+
+    def events(self, job_id: str, *, after: int = 0, limit: int | None = None) -> builtins.list[Event]:
+        query = select(EVENTS).where(EVENTS.c.job_id == job_id, EVENTS.c.seq > after).order_by(EVENTS.c.seq)
+        if limit is not None:
+            if limit < 0:
+                msg = f"The number of events to read must be 0 or more, not {limit}."
+                raise UsageError(msg)
+            query = query.limit(limit)
+        with self._engine.connect() as conn:
+            found = [Event(job_id=r.job_id, seq=r.seq, at=r.at, kind=r.kind, data=r.data) for r in conn.execute(query)]
+            if not found and conn.execute(select(JOBS.c.id).where(JOBS.c.id == job_id)).one_or_none() is None:
+                raise _not_found(job_id)
+        return found

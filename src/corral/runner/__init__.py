@@ -1,0 +1,1 @@
+"""The runner: takes stored jobs through their life, composing git, egress, sandbox and agents."""
