@@ -72,6 +72,12 @@ class Settings:
     """Seconds an agent may take to report that it started (Claude Code's ``system/init``)."""
     permission_mode: str = "bypassPermissions"
     """The Claude Code permission mode inside the sandbox (the sandbox is the boundary)."""
+    capacity: int = 4
+    """Jobs the embedded runner of ``corral serve`` runs at once."""
+    runner_secret: str = dataclasses.field(default="", repr=False)
+    """When set, the service's routes need it in the ``X-Runner-Secret`` header."""
+    url: str = ""
+    """A running ``corral serve`` that ``corral jobs`` talks to instead of the local store."""
 
     @property
     def runtime(self) -> Path:
