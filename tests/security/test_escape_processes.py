@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from corral.sandbox.bwrap import BwrapSandbox
+from corral.sandbox.process import Supervised
+from corral.sandbox.spec import SandboxSpec
+from corral.settings import Settings
 from tests.security.attack import Attacker
+from tests.tools import require_root
 
 pytestmark = pytest.mark.sandbox
 
@@ -110,3 +116,39 @@ def test_setuid_root_binaries_do_not_give_root(attacker: Attacker) -> None:
         "1 Password: su: Authentication failure",
         "1 passwd: You may not view or modify password information for root.",
     ]
+
+
+def _ids(pid: int) -> dict[str, str]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+            fields[name] = " ".join(value.split())
+    return fields
+
+
+def test_bwrap_holds_no_host_privilege_and_the_caller_keeps_its_own(
+    sandbox: BwrapSandbox, workspace: Path, settings: Settings
+) -> None:
+    """Seen from the host while the sandbox runs: bwrap and the command have the slot's uid and gid as
+    real, effective, saved and file-system ids, no groups and no capability, although the thread that
+    started them borrowed those ids for the spawn; afterwards that thread is root again, capabilities and all."""
+    require_root()
+    before = _ids(threading.get_native_id())
+    seen: dict[str, dict[str, str]] = {}
+
+    def look(process: Supervised) -> None:
+        seen["bwrap"] = _ids(process.pid)
+
+    result = sandbox.run(SandboxSpec(("sleep", "0.3"), workspace), on_start=look)
+    assert result.ok
+    uid = seen["bwrap"]["Uid"].split()
+    assert len(set(uid)) == 1
+    assert int(uid[0]) >= settings.sandbox_uid_base
+    assert seen["bwrap"]["Gid"] == seen["bwrap"]["Uid"]
+    assert seen["bwrap"]["Groups"] == ""
+    for caps in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert int(seen["bwrap"][caps], 16) == 0, caps
+    assert os.getresuid() == (0, 0, 0)
+    assert os.getresgid() == (0, 0, 0)
+    assert _ids(threading.get_native_id()) == before

@@ -28,7 +28,7 @@ __all__ = ["BwrapSandbox", "build_argv", "resolve_command"]
 
 OOM_EXIT = 137
 REAP_INTERVAL = 30.0
-"""Seconds between full sweeps for leftovers; the slot a run takes is always swept first."""
+"""Seconds between full sweeps for leftovers; a slot whose last holder died (it left notes) is swept when taken."""
 TIMEOUT_EXIT = 124
 
 
@@ -215,7 +215,8 @@ class BwrapSandbox:
             self.reap()
         slot = slots.acquire(self.settings.runtime, self.settings.sandbox_slots)
         try:
-            self._reap_slot(slot)
+            if slot.recorded:
+                self._reap_slot(slot)
             return self._run_in_slot(spec, layout, before, program, slot, on_output, stdin, on_start)
         finally:
             slot.release()

@@ -15,6 +15,9 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
+
+from corral.sandbox import credentials
 
 __all__ = ["OutputSink", "Supervised", "TailBuffer"]
 
@@ -61,19 +64,22 @@ class Supervised:
         self._lock = threading.Lock()
         self.killed_by: str | None = None
         self.started = time.monotonic()
-        self.popen = subprocess.Popen(
-            argv,
-            env=env,
-            stdin=subprocess.DEVNULL if stdin is None else stdin,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            pass_fds=tuple(pass_fds),
-            preexec_fn=preexec,
-            user=user,
-            group=user,
-            extra_groups=[] if user is not None else None,
-            close_fds=True,
-        )
+        options: dict[str, Any] = {
+            "env": env,
+            "stdin": subprocess.DEVNULL if stdin is None else stdin,
+            "stdout": subprocess.PIPE,
+            "stderr": subprocess.PIPE,
+            "pass_fds": tuple(pass_fds),
+            "preexec_fn": preexec,
+            "close_fds": True,
+        }
+        if user is None:
+            self.popen = subprocess.Popen(argv, **options)
+        elif preexec is None and credentials.available():
+            with credentials.as_user(user):  # a vfork, not a fork of this whole process
+                self.popen = subprocess.Popen(argv, **options)
+        else:
+            self.popen = subprocess.Popen(argv, user=user, group=user, extra_groups=[], **options)
 
     @property
     def pid(self) -> int:

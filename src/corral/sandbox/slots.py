@@ -46,6 +46,11 @@ class Slot:
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, data, 0)
 
+    @property
+    def recorded(self) -> bool:
+        """Whether a holder left notes: it died holding the slot (a clean release empties them)."""
+        return os.fstat(self.fd).st_size > 0
+
     def facts(self) -> dict[str, object]:
         import json
 
