@@ -25,7 +25,7 @@ MAX_P50_MS = 15.0
 
 def run(budget: Budget) -> Result:
     result = Result(NAME, TITLE)
-    for tool in ("bwrap", "socat", "nsenter"):
+    for tool in ("bwrap", "socat"):
         if shutil.which(tool) is None:
             result.skipped = f"{tool} is not installed"
             return result

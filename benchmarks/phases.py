@@ -6,7 +6,7 @@ later version renamed are skipped and listed, never an error.
 
 1. Library: ``BwrapSandbox.run`` of ``true`` with the same limits as ``sandbox_spawn``, in an empty
    workspace, in a repository-like one (2,000 files, a ``.git`` with hooks) and (as root, with
-   socat and nsenter) in an empty one with the network bridge of ``bridged_spawn``, with the
+   socat) in an empty one with the network bridge of ``bridged_spawn``, with the
    exclusive time of each phase (nested phases are subtracted from their callers).
 2. CLI: ``python -c pass`` -> ``import corral.cli`` -> ``corral version`` -> ``corral sandbox run
    -- true``, and the import time by top-level package from ``python -X importtime``.
@@ -55,7 +55,7 @@ PHASES = (
     ("corral.sandbox.process", "Supervised.__init__", "spawn bwrap: (v)fork, uid drop, exec"),
     ("corral.sandbox.bwrap", "_sandbox_pid", "wait for bwrap's sandbox pid (--info-fd)"),
     ("corral.sandbox.cgroups", "Cgroup.join", "cgroup join of the sandbox (and relay) pid"),
-    ("corral.sandbox.bridge", "start_relay", "relay spawn (nsenter, then socat)"),
+    ("corral.sandbox.bridge", "start_relay", "relay spawn (socat, in the sandbox's network)"),
     ("corral.sandbox.bridge", "wait_listening", "wait until the relay listens"),
     ("corral.sandbox.bwrap", "_open_gate", "open the gate (--block-fd)"),
     ("corral.sandbox.process", "Supervised.pump", "wait: bwrap runs true, exits"),
@@ -243,10 +243,10 @@ def run(budget: Budget) -> Result:
         result.skipped = "bwrap is not installed (apt-get install --no-install-recommends bubblewrap)"
         return result
     kinds = ["empty", "repo-like"]
-    if os.geteuid() == 0 and shutil.which("socat") and shutil.which("nsenter"):
+    if os.geteuid() == 0 and shutil.which("socat"):
         kinds.append("bridged")
     else:
-        result.notes.append("the bridged run needs root, socat and nsenter: not profiled")
+        result.notes.append("the bridged run needs root and socat: not profiled")
     for kind in kinds:
         rows, notes = _library_table(budget, kind)
         result.tables.append((f"BwrapSandbox.run phases, {kind} workspace (exclusive time)", rows))

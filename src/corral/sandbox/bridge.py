@@ -14,6 +14,7 @@ A program that ignores the proxy variables cannot connect anywhere: there is no 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import subprocess
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 from corral.errors import SandboxError, SandboxUnavailableError, UsageError
+from corral.sandbox import spawner
 
 __all__ = ["RELAY_PORT", "check_socket", "proxy_env", "start_relay", "wait_listening"]
 
@@ -53,8 +55,8 @@ def check_socket(socket_path: Path) -> None:
 def start_relay(socket_path: Path, sandbox_pid: int, host_uid: int | None) -> subprocess.Popen[bytes]:
     """Start the relay in the network namespace of the sandbox's first process, as the sandbox's uid.
 
-    ``nsenter`` (util-linux) joins the namespace and drops root before socat runs, so no Python
-    code runs in the forked child and the spawn stays cheap.
+    The calling thread steps into that namespace and takes the sandbox's ids for the spawn (see
+    ``spawner``), so socat starts there directly, from a vfork: no Python code runs in the child.
     """
     if os.geteuid() != 0:
         msg = (
@@ -63,26 +65,25 @@ def start_relay(socket_path: Path, sandbox_pid: int, host_uid: int | None) -> su
         )
         raise SandboxUnavailableError(msg)
     check_socket(socket_path)
-    uid = [f"--setuid={host_uid}", f"--setgid={host_uid}"] if host_uid is not None else []
     argv = [
-        "nsenter",
-        f"--net=/proc/{sandbox_pid}/ns/net",
-        *uid,
-        "--",
         "socat",
         f"TCP-LISTEN:{RELAY_PORT},bind=127.0.0.1,reuseaddr,fork,backlog=256",
         f"UNIX-CONNECT:{socket_path}",
     ]
     try:
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        with contextlib.ExitStack() as borrowed:
+            borrowed.enter_context(spawner.in_network_of(sandbox_pid))
+            if host_uid is not None:
+                borrowed.enter_context(spawner.as_user(host_uid))
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
     except FileNotFoundError:
-        msg = "nsenter (util-linux) is not installed; install util-linux for sandbox egress."
+        msg = "socat is not installed; install it (apt-get install --no-install-recommends socat) for sandbox egress."
         raise SandboxUnavailableError(msg) from None
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from corral.sandbox import credentials
+from corral.sandbox import spawner
 
 __all__ = ["OutputSink", "Supervised", "TailBuffer"]
 
@@ -75,8 +75,8 @@ class Supervised:
         }
         if user is None:
             self.popen = subprocess.Popen(argv, **options)
-        elif preexec is None and credentials.available():
-            with credentials.as_user(user):  # a vfork, not a fork of this whole process
+        elif preexec is None and spawner.available():
+            with spawner.as_user(user):  # a vfork, not a fork of this whole process
                 self.popen = subprocess.Popen(argv, **options)
         else:
             self.popen = subprocess.Popen(argv, user=user, group=user, extra_groups=[], **options)

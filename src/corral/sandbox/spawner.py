@@ -1,4 +1,4 @@
-"""Spawning a process as another uid without forking the whole caller: this thread's credentials.
+"""Spawning a process as another uid, or in a sandbox's network, without forking the whole caller.
 
 ``Popen(user=...)`` makes CPython fork (not vfork) the caller, which copies its page tables:
 1.6 ms in a small CLI process and more in a large service, on every sandbox start. On Linux,
@@ -10,6 +10,10 @@ child with those credentials. The child's ``execve`` sets its saved ids to the e
 and, its ids being non-zero and the binary carrying no file capabilities, leaves it no
 capability: it is as unprivileged as after ``Popen(user=...)``. On leaving, the thread takes root
 back through its saved id. Other threads never change.
+
+Network namespaces belong to a thread too: ``in_network_of(pid)`` moves the calling thread into
+the network namespace of ``pid`` and back, so a process it spawns there starts in it without a
+helper such as ``nsenter`` (one exec less). The thread's mount namespace stays the host's.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import ctypes
 
-__all__ = ["as_user", "available"]
+__all__ = ["as_user", "available", "in_network_of"]
+
+CLONE_NEWNET = 0x40000000
 
 _NUMBERS = {
     "x86_64": {"setgroups": 116, "setresuid": 117, "setresgid": 119},
@@ -71,3 +77,29 @@ def as_user(uid: int) -> Iterator[None]:
             _call("setresgid", ctypes.c_long(0), ctypes.c_long(0), ctypes.c_long(0))
     finally:
         _call("setgroups", ctypes.c_size_t(len(groups)), (ctypes.c_uint * len(groups))(*groups))
+
+
+@contextmanager
+def in_network_of(pid: int) -> Iterator[None]:
+    """Run the block with this thread in the network namespace of process ``pid`` (as root)."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns(target)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            _setns(own)
+    finally:
+        os.close(own)
+
+
+def _setns(fd: int) -> None:
+    import ctypes
+
+    if _libc().setns(fd, CLONE_NEWNET) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"setns: {os.strerror(errno)}")
