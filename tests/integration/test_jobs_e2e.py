@@ -314,3 +314,49 @@ def test_corral_run_as_a_process(settings: Settings, origin: Path, tmp_path: Pat
     )
     assert failed.returncode == 1, failed.stderr
     assert "failed" in failed.stdout
+
+
+def test_read_edit_and_bash_change_an_existing_file(runner: JobRunner, origin: Path) -> None:
+    script = "\n".join(
+        (
+            "READ README.md",
+            "EDIT README.md edit edited-by-the-agent",
+            "BASH git status --porcelain README.md > status.txt",
+        )
+    )
+    job = run(runner, script, origin)
+    assert job.state is JobState.SUCCEEDED, job.result
+    assert job.result is not None
+    assert sorted(job.result.files_changed) == ["README.md", "status.txt"]
+    assert "+edited-by-the-agent 1" in job.result.diff
+    # plain git works inside the sandbox on the checkout that borrows the mirror's objects
+    assert show(runner.dirs(job.id).repo, f"corral/{job.id}:status.txt") == "M README.md"
+
+
+def test_push_sends_the_branch_with_the_bot_token_from_the_host(
+    settings: Settings, store: JobStore, tmp_path: Path
+) -> None:
+    """The remote is served by git http-backend and needs the token to push; the sandbox never sees it."""
+    import dataclasses
+
+    from corral.secrets import CredentialStore
+    from tests.gitserver import serve
+
+    token = "bot-token-never-inside-0123456789"
+    make_repo(tmp_path / "served" / "project.git", files=3, commits=1)
+    CredentialStore(settings.home).set_git_token(token)
+    with serve(tmp_path / "served", token=token) as base:
+        url = f"{base}/project.git"
+        pushing = JobRunner(
+            dataclasses.replace(settings, git_allow_local=False), store, environ={"ANTHROPIC_API_KEY": REAL_KEY}
+        )
+        job = pushing.run(pushing.submit("WRITE pushed.txt over http", url, options=JobOptions(push=True)).id)
+        assert job.state is JobState.SUCCEEDED, job.result
+        assert job.result is not None
+        assert job.result.pushed
+        remote_branches = git("ls-remote", "--heads", url)
+    assert f"refs/heads/corral/{job.id}" in remote_branches
+    assert git("show", f"corral/{job.id}:pushed.txt", cwd=tmp_path / "served" / "project.git") == "over http"
+    stored = json.dumps(store.get(job.id).to_dict()) + "".join(e.data for e in store.events(job.id))
+    assert token not in stored
+    assert token not in (pushing.dirs(job.id).repo / ".git" / "config").read_text()
