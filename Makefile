@@ -39,7 +39,11 @@ claude:
 
 run: setup
 	$(VENV)/bin/corral doctor
-	$(VENV)/bin/corral sandbox run --memory 512M --pids 256 --timeout 30s -- sh -c 'echo "hello from $$(hostname): uid $$(id -u), network: $$(cat /proc/net/dev | tail -n +3 | cut -d: -f1 | xargs)"'
+	@echo "corral serve: the runner service on http://127.0.0.1:8080 (Ctrl-C drains and stops it)."
+	@echo "  submit a first job: curl -s -X POST http://127.0.0.1:8080/v1/jobs -H 'Content-Type: application/json' \\"
+	@echo "    -d '{\"prompt\": \"Add a README\", \"repo\": \"https://github.com/you/project\"}'"
+	@echo "  then: $(VENV)/bin/corral jobs list (with CORRAL_URL=http://127.0.0.1:8080), docs/api.md has the rest"
+	$(VENV)/bin/corral serve --host 127.0.0.1 --port 8080
 
 test: setup
 	$(VENV)/bin/pytest

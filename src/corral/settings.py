@@ -74,6 +74,8 @@ class Settings:
     """The Claude Code permission mode inside the sandbox (the sandbox is the boundary)."""
     capacity: int = 4
     """Jobs the embedded runner of ``corral serve`` runs at once."""
+    requeue_interrupted: int = 1
+    """Times a job interrupted by a crash or a drain is queued again before it fails."""
     runner_secret: str = dataclasses.field(default="", repr=False)
     """When set, the service's routes need it in the ``X-Runner-Secret`` header."""
     url: str = ""

@@ -47,6 +47,23 @@ store.close()
 print("done", flush=True)
 """
 
+# A separate process that claims jobs until none is left and prints the ids it got.
+CLAIMER = """
+import sys
+from pathlib import Path
+from corral.jobs.store import open_store
+from corral.settings import Settings
+
+store = open_store(Settings(home=Path(sys.argv[1])))
+print("ready", flush=True)
+sys.stdin.readline()
+got = []
+while (job := store.claim(sys.argv[2])) is not None:
+    got.append(job.id)
+store.close()
+print(" ".join(got), flush=True)
+"""
+
 # A separate process that times opening an up-to-date store and says whether alembic was loaded.
 OPENER = """
 import sys, time
@@ -393,3 +410,99 @@ def test_time_a_thousand_appends(store: JobStore) -> None:
     elapsed = time.perf_counter() - start
     print(f"1000 appends took {elapsed * 1000:.0f} ms ({elapsed:.4f} ms each)")
     assert store.events(job.id, after=999)[0].seq == 1000
+
+
+def test_claim_takes_the_oldest_queued_job_with_a_lease(store: JobStore) -> None:
+    assert store.claim("r-1") is None
+    first, second = store.add(new_job("a", "r")), store.add(new_job("b", "r"))
+    claimed = store.claim("r-1")
+    assert claimed is not None
+    assert claimed.id == first.id
+    assert (claimed.state, claimed.owner, claimed.attempts) == (S.PREPARING, "r-1", 1)
+    assert claimed.heartbeat_at is not None
+    assert abs((claimed.heartbeat_at - claimed.updated_at).total_seconds()) < 1
+    assert [e.data for e in store.events(first.id)] == ["preparing"]
+    assert store.get(first.id) == claimed
+    beat = store.update(first.id, heartbeat_at=claimed.heartbeat_at + timedelta(seconds=5))
+    assert beat.heartbeat_at == claimed.heartbeat_at + timedelta(seconds=5)
+    store.update(first.id, state=S.INTERRUPTED)
+    store.update(first.id, state=S.QUEUED, owner=None)
+    again = store.claim("r-2")
+    assert again is not None
+    assert (again.id, again.owner, again.attempts) == (first.id, "r-2", 2)  # older than the second job
+    last = store.claim("r-2")
+    assert last is not None
+    assert last.id == second.id
+    assert store.claim("r-2") is None
+
+
+def test_a_stored_idempotency_key_returns_the_stored_job(store: JobStore) -> None:
+    first = store.add(new_job("a", "r", idempotency_key="key-1"))
+    again = store.add(new_job("another prompt", "r", idempotency_key="key-1"))
+    assert again == first
+    assert len(store.list()) == 1
+    assert store.add(new_job("a", "r", idempotency_key="key-2")).id != first.id
+
+
+def test_update_stores_options(store: JobStore) -> None:
+    job = store.add(new_job("a", "r", options=JobOptions(allow_domains=("a.example",))))
+    changed = store.update(job.id, options=JobOptions(allow_domains=("b.example",)))
+    assert store.get(job.id).options.allow_domains == changed.options.allow_domains == ("b.example",)
+    with pytest.raises(UsageError, match="options are JobOptions"):
+        store.update(job.id, options={"allow_domains": []})
+
+
+def test_two_stores_claiming_from_eight_threads_never_take_a_job_twice(settings: Settings) -> None:
+    stores = [open_store(settings), open_store(settings)]
+    try:
+        ids = {stores[0].add(new_job(f"p{i}", "r")).id for i in range(60)}
+
+        def claim_all(i: int) -> list[str]:
+            got = []
+            while (job := stores[i % 2].claim(f"runner-{i % 2}")) is not None:
+                got.append(job.id)
+            return got
+
+        results = _in_threads(8, claim_all)
+    finally:
+        for opened in stores:
+            opened.close()
+    taken = [job_id for result in results for job_id in result]  # type: ignore[attr-defined]
+    assert sorted(taken) == sorted(ids)  # every job once, none twice
+    assert sum(1 for result in results if result) >= 2
+
+
+def test_two_processes_claiming_never_take_a_job_twice(settings: Settings) -> None:
+    store = open_store(settings)
+    try:
+        ids = {store.add(new_job(f"p{i}", "r")).id for i in range(80)}
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", CLAIMER, str(settings.home), f"proc-{n}"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for n in range(2)
+        ]
+        try:
+            for proc in procs:
+                assert proc.stdout is not None
+                assert proc.stdout.readline().strip() == "ready"
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            outputs = [proc.communicate(timeout=120)[0].split() for proc in procs]
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
+        owners = {job.id: job.owner for job in store.list(limit=200)}
+    finally:
+        store.close()
+    taken = outputs[0] + outputs[1]
+    assert sorted(taken) == sorted(ids)
+    assert all(owners[job_id] == "proc-0" for job_id in outputs[0])
+    assert all(owners[job_id] == "proc-1" for job_id in outputs[1])

@@ -104,6 +104,7 @@ def _full_result() -> JobResult:
         pushed=True,
         usage_limit_resets_at=datetime(2025, 6, 1, 12, 30, tzinfo=timezone(timedelta(hours=2))),
         violations=("blocked evil.example:443",),
+        base="b" * 40,
     )
 
 
@@ -121,7 +122,10 @@ def _full_job() -> Job:
             permission_mode="acceptEdits",
             append_system_prompt="Be brief.",
             push=True,
+            command=("aider", "--message", "{prompt}"),
         ),
+        parent_id="fedcba9876543210",
+        idempotency_key="client-key-1",
     )
     return dataclasses.replace(
         job,
@@ -131,6 +135,9 @@ def _full_job() -> Job:
         result=_full_result(),
         error="none really",
         session_id="5f0c-session",
+        owner="host-1234",
+        heartbeat_at=job.created_at + timedelta(seconds=5),
+        attempts=2,
     )
 
 
@@ -142,6 +149,11 @@ def test_job_round_trips_through_json() -> None:
     assert data["result"]["files_changed"] == ["x", "dir/y.py"]
     assert data["result"]["usage"]["cache_read_input_tokens"] == 40
     assert data["state"] == "succeeded"
+    assert data["options"]["command"] == ["aider", "--message", "{prompt}"]
+    assert (data["owner"], data["attempts"], data["parent_id"]) == ("host-1234", 2, "fedcba9876543210")
+    assert data["heartbeat_at"].endswith("Z")
+    assert data["idempotency_key"] == "client-key-1"
+    assert data["result"]["base"] == "b" * 40
 
 
 def test_times_are_utc_with_a_z() -> None:
@@ -224,6 +236,7 @@ def test_new_job_refuses_an_empty_repo() -> None:
         ("permission_mode", " ", "The option permission_mode must be a non-empty string or left out, not ' '."),
         ("allow_domains", "pypi.org", "The option allow_domains must be a list of strings, not 'pypi.org'."),
         ("allow_domains", ("a", 1), "The option allow_domains must be a list of strings, not ('a', 1)."),
+        ("command", "true", "The option command must be a list of strings, not 'true'."),
     ],
 )
 def test_option_validation(field: str, value: object, message: str) -> None:
@@ -242,3 +255,15 @@ def test_importing_jobs_does_not_import_sqlalchemy() -> None:
     code = "import sys, corral.jobs; print(sorted(m for m in ('sqlalchemy', 'alembic') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_new_job_has_no_owner_and_no_attempt_yet() -> None:
+    job = new_job("p", "r", parent_id="0123456789abcdef", idempotency_key="k")
+    assert (job.owner, job.heartbeat_at, job.attempts) == (None, None, 0)
+    assert (job.parent_id, job.idempotency_key) == ("0123456789abcdef", "k")
+
+
+@pytest.mark.parametrize("key", ["", "k" * 201])
+def test_an_idempotency_key_of_a_bad_length_is_refused(key: str) -> None:
+    with pytest.raises(UsageError, match=f"idempotency key must be 1 to 200 characters, not {len(key)}"):
+        new_job("p", "r", idempotency_key=key)

@@ -21,7 +21,7 @@ sandbox_app = typer.Typer(no_args_is_help=True, help="Run any command in a locke
 app.add_typer(sandbox_app, name="sandbox")
 audit_app = typer.Typer(no_args_is_help=True, help="Check egress audit logs.")
 app.add_typer(audit_app, name="audit")
-jobs_app = typer.Typer(no_args_is_help=True, help="Read the jobs in the local store.")
+jobs_app = typer.Typer(no_args_is_help=True, help="Read and cancel jobs: the local store, or CORRAL_URL.")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(auth_app, name="auth")
 
@@ -141,6 +141,42 @@ def run_(
     raise typer.Exit(run_job(runner, job, as_json=as_json))
 
 
+@app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; other than loopback only with CORRAL_RUNNER_SECRET.")
+    ] = ("127.0.0.1"),
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    capacity: Annotated[
+        Optional[str], typer.Option(help="Jobs the embedded runner runs at once (default: the setting capacity, 4).")
+    ] = None,
+    drain_timeout: Annotated[
+        str, typer.Option("--drain-timeout", help="On SIGTERM, how long running jobs get to finish, e.g. 30s or 5m.")
+    ] = "30s",
+    on_exit: Annotated[
+        Optional[str],
+        typer.Option("--on-exit", help="Command to run after draining (split like a shell, run without one)."),
+    ] = None,
+) -> None:
+    """Serve the HTTP API (the seed contract, /v1 jobs, /healthz) with an embedded runner.
+
+    SIGTERM drains: no new job is claimed, running ones get --drain-timeout to finish, then are
+    interrupted; --on-exit runs, and corral exits 0.
+    """
+    import dataclasses
+
+    from corral.cli.serve import parse_capacity, parse_drain_timeout
+    from corral.cli.serve import serve as serve_
+    from corral.settings import get_settings
+
+    settings = get_settings()
+    settings = dataclasses.replace(
+        settings, capacity=parse_capacity(settings.capacity if capacity is None else capacity)
+    )
+    code = serve_(settings, host=host, port=port, drain_timeout=parse_drain_timeout(drain_timeout), on_exit=on_exit)
+    raise typer.Exit(code)
+
+
 @jobs_app.command("list")
 def jobs_list(
     state: Annotated[
@@ -150,17 +186,27 @@ def jobs_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List the jobs, newest first."""
-    from corral.cli.jobs import list_jobs, open_store
+    from corral.cli.jobs import job_source, list_jobs
+    from corral.settings import get_settings
 
-    list_jobs(open_store(), state=state, limit=limit, as_json=as_json)
+    source = job_source(get_settings())
+    try:
+        list_jobs(source, state=state, limit=limit, as_json=as_json)
+    finally:
+        source.close()
 
 
 @jobs_app.command("show")
 def jobs_show(job_id: Annotated[str, typer.Argument(help="The job's id.", show_default=False)]) -> None:
     """Print one job, with its result, as JSON."""
-    from corral.cli.jobs import open_store, show_job
+    from corral.cli.jobs import job_source, show_job
+    from corral.settings import get_settings
 
-    show_job(open_store(), job_id)
+    source = job_source(get_settings())
+    try:
+        show_job(source, job_id)
+    finally:
+        source.close()
 
 
 @jobs_app.command("logs")
@@ -169,11 +215,33 @@ def jobs_logs(
     raw: Annotated[
         bool, typer.Option("--raw", help="Only the agent's own output lines, verbatim (stream-json).")
     ] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events as they come, until the job ends.")
+    ] = False,
 ) -> None:
     """Print the job's event log."""
-    from corral.cli.jobs import open_store, print_logs
+    from corral.cli.jobs import job_source, print_events
+    from corral.settings import get_settings
 
-    print_logs(open_store(), job_id, raw=raw)
+    source = job_source(get_settings())
+    try:
+        print_events(source.follow(job_id) if follow else source.events(job_id), raw=raw)
+    finally:
+        source.close()
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: Annotated[str, typer.Argument(help="The job's id.", show_default=False)]) -> None:
+    """Cancel a job; without CORRAL_URL only a queued one (a running one belongs to the process that runs it)."""
+    from corral.cli.jobs import job_source
+    from corral.settings import get_settings
+
+    source = job_source(get_settings())
+    try:
+        job = source.cancel(job_id)
+    finally:
+        source.close()
+    typer.echo(f"{job.state.value} job {job.id}")
 
 
 @app.command()

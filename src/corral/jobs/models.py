@@ -17,6 +17,8 @@ from typing import Any, Self
 from corral.errors import ConflictError, UsageError
 
 __all__ = [
+    "ENDED",
+    "MAX_KEY",
     "TERMINAL",
     "Event",
     "Job",
@@ -45,6 +47,12 @@ class JobState(enum.StrEnum):
 
 TERMINAL: frozenset[JobState] = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT})
 """The states a job never leaves (``interrupted`` is not one: the job may be queued again)."""
+
+ENDED: frozenset[JobState] = TERMINAL | {JobState.INTERRUPTED}
+"""The states in which no runner works on the job (an interrupted one waits to be queued again)."""
+
+MAX_KEY = 200
+"""The longest idempotency key."""
 
 _NEXT: Mapping[JobState, tuple[JobState, ...]] = {
     JobState.QUEUED: (JobState.PREPARING, JobState.CANCELLED, JobState.FAILED, JobState.INTERRUPTED),
@@ -142,6 +150,8 @@ class JobOptions:
     """Whether to push the job branch to the remote when the job ends."""
     env: tuple[str, ...] = ()
     """``NAME=VALUE`` variables for the agent on top of the ones corral sets (which win)."""
+    command: tuple[str, ...] = ()
+    """The argv template of the ``generic`` agent; ``{prompt}`` in an item is replaced by the prompt."""
 
     def __post_init__(self) -> None:
         if self.max_turns is not None and (
@@ -163,6 +173,7 @@ class JobOptions:
                 raise UsageError(msg)
         object.__setattr__(self, "allow_domains", _strings("allow_domains", self.allow_domains))
         object.__setattr__(self, "env", _strings("env", self.env))
+        object.__setattr__(self, "command", _strings("command", self.command))
         for item in self.env:
             name, equals, _ = item.partition("=")
             if not equals or not name.isidentifier():
@@ -210,7 +221,7 @@ class Usage:
 class JobResult:
     """How a job ended. ``reason`` says why: ``completed``, ``agent_error``, ``usage_limit``,
     ``max_turns``, ``max_budget``, ``timeout``, ``idle_timeout``, ``startup_timeout``,
-    ``cancelled``, ``crashed``, ``setup_failed``."""
+    ``cancelled``, ``interrupted``, ``crashed``, ``setup_failed``."""
 
     is_error: bool
     reason: str
@@ -230,6 +241,8 @@ class JobResult:
     usage_limit_resets_at: datetime | None = None
     violations: tuple[str, ...] = ()
     """Egress and sandbox violations seen during the run, one sentence each."""
+    base: str | None = None
+    """The commit ``diff`` starts from (a follow-up's is its parent's)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(_plain(self))
@@ -263,6 +276,16 @@ class Job:
     error: str | None = None
     """Why the job failed, when corral itself (not the agent) could not run it."""
     session_id: str | None = None
+    owner: str | None = None
+    """The runner that claimed the job last (``host-pid``, or the id the runner was given)."""
+    heartbeat_at: datetime | None = None
+    """When the owner last said it is still running the job."""
+    attempts: int = 0
+    """How many times the job was started."""
+    parent_id: str | None = None
+    """The job this one follows up: it runs in the parent's checkout and resumes its session."""
+    idempotency_key: str | None = None
+    """The caller's key: submitting twice with it gives the same job."""
 
     @property
     def branch(self) -> str:
@@ -277,7 +300,7 @@ class Job:
         values = _known(cls, data)
         values["options"] = JobOptions.from_dict(values.get("options") or {})
         values["state"] = JobState(values["state"])
-        for name in ("created_at", "updated_at", "started_at", "finished_at"):
+        for name in ("created_at", "updated_at", "started_at", "finished_at", "heartbeat_at"):
             values[name] = _time(values.get(name))
         result = values.get("result")
         values["result"] = None if result is None else JobResult.from_dict(result)
@@ -312,6 +335,8 @@ def new_job(
     ref: str | None = None,
     agent: str = "claude-code",
     options: JobOptions = JobOptions(),
+    parent_id: str | None = None,
+    idempotency_key: str | None = None,
 ) -> Job:
     """A new ``queued`` job with a fresh id (16 lowercase hex characters)."""
     if not prompt.strip():
@@ -319,6 +344,9 @@ def new_job(
         raise UsageError(msg)
     if not repo.strip():
         msg = "The repository is empty; give the URL of the repository the agent should work on."
+        raise UsageError(msg)
+    if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_KEY:
+        msg = f"The idempotency key must be 1 to {MAX_KEY} characters, not {len(idempotency_key)}; send a shorter one."
         raise UsageError(msg)
     now = utc_now()
     return Job(
@@ -331,4 +359,6 @@ def new_job(
         state=JobState.QUEUED,
         created_at=now,
         updated_at=now,
+        parent_id=parent_id,
+        idempotency_key=idempotency_key,
     )

@@ -44,13 +44,13 @@ from corral.jobs.models import TERMINAL, Event, Job, JobOptions, JobResult, JobS
 
 __all__ = ["HEAD_REVISION", "Base", "EventRow", "JobRow", "SqlJobStore"]
 
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 """The newest migration in ``migrations/versions``; a test keeps it equal to alembic's head."""
 
 BUSY_TIMEOUT_MS = 30_000
 """How long an SQLite writer waits for another one before giving up."""
 
-_CHANGES = frozenset({"result", "error", "session_id"})
+_CHANGES = frozenset({"result", "error", "session_id", "options", "owner", "heartbeat_at", "attempts"})
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -90,7 +90,12 @@ class JobRow(Base):
     """One job; ``options`` and ``result`` hold the JSON of ``JobOptions`` and ``JobResult``."""
 
     __tablename__ = "jobs"
-    __table_args__ = (Index(None, "state", "created_at"), Index(None, "created_at"))
+    __table_args__ = (
+        Index(None, "state", "created_at"),
+        Index(None, "created_at"),
+        Index(None, "idempotency_key", unique=True),
+        Index(None, "parent_id"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     prompt: Mapped[str] = mapped_column(Text)
@@ -106,6 +111,11 @@ class JobRow(Base):
     result: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
     session_id: Mapped[str | None] = mapped_column(String(128))
+    owner: Mapped[str | None] = mapped_column(String(128))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    parent_id: Mapped[str | None] = mapped_column(String(32))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
 
 
 class EventRow(Base):
@@ -140,6 +150,11 @@ def _job(row: Row[Any]) -> Job:
         result=None if row.result is None else JobResult.from_dict(json.loads(row.result)),
         error=row.error,
         session_id=row.session_id,
+        owner=row.owner,
+        heartbeat_at=row.heartbeat_at,
+        attempts=row.attempts,
+        parent_id=row.parent_id,
+        idempotency_key=row.idempotency_key,
     )
 
 
@@ -229,11 +244,51 @@ class SqlJobStore:
             raise ConflictError(msg)
         try:
             with self._writer.begin() as conn:
+                if job.idempotency_key is not None:
+                    query = select(JOBS).where(JOBS.c.idempotency_key == job.idempotency_key)
+                    row = conn.execute(query).one_or_none()
+                    if row is not None:
+                        return _job(row)
                 conn.execute(insert(JOBS).values(**self._columns(job)))
         except IntegrityError:
+            if job.idempotency_key is not None:  # another database client stored the key first
+                with self._engine.connect() as conn:
+                    query = select(JOBS).where(JOBS.c.idempotency_key == job.idempotency_key)
+                    row = conn.execute(query).one_or_none()
+                if row is not None:
+                    return _job(row)
             msg = f"A job with the id {job.id!r} is already stored; give the new job another id."
             raise ConflictError(msg) from None
         return job
+
+    def claim(self, owner: str) -> Job | None:
+        now = utc_now()
+        with self._writer.begin() as conn:
+            query = (
+                select(JOBS)
+                .where(JOBS.c.state == JobState.QUEUED.value)
+                .order_by(JOBS.c.created_at, JOBS.c.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            row = conn.execute(query).one_or_none()
+            if row is None:
+                return None
+            values = {
+                "state": JobState.PREPARING.value,
+                "owner": owner,
+                "heartbeat_at": now,
+                "attempts": row.attempts + 1,
+                "updated_at": now,
+            }
+            done = conn.execute(
+                update(JOBS).where(JOBS.c.id == row.id, JOBS.c.state == JobState.QUEUED.value).values(**values)
+            )
+            if done.rowcount != 1:
+                return None  # taken by a database without the lock semantics we asked for; look again
+            self._insert_event(conn, row.id, "state", JobState.PREPARING.value, now)
+            row = conn.execute(select(JOBS).where(JOBS.c.id == row.id)).one()
+        return _job(row)
 
     @staticmethod
     def _columns(job: Job) -> dict[str, Any]:
@@ -252,6 +307,11 @@ class SqlJobStore:
             "result": None if job.result is None else json.dumps(job.result.to_dict()),
             "error": job.error,
             "session_id": job.session_id,
+            "owner": job.owner,
+            "heartbeat_at": job.heartbeat_at,
+            "attempts": job.attempts,
+            "parent_id": job.parent_id,
+            "idempotency_key": job.idempotency_key,
         }
 
     def get(self, job_id: str) -> Job:
@@ -276,7 +336,14 @@ class SqlJobStore:
         if unknown:
             msg = f"A job update cannot change {unknown[0]!r}; it can change: state, {', '.join(sorted(_CHANGES))}."
             raise UsageError(msg)
-        values: dict[str, Any] = {name: changes[name] for name in ("error", "session_id") if name in changes}
+        plain = ("error", "session_id", "owner", "heartbeat_at", "attempts")
+        values: dict[str, Any] = {name: changes[name] for name in plain if name in changes}
+        if "options" in changes:
+            options = changes["options"]
+            if not isinstance(options, JobOptions):
+                msg = f"A job's options are JobOptions, not {type(options).__name__}."
+                raise UsageError(msg)
+            values["options"] = json.dumps(options.to_dict())
         if "result" in changes:
             result = changes["result"]
             if result is not None and not isinstance(result, JobResult):
@@ -313,10 +380,15 @@ class SqlJobStore:
             # Locking the job row serialises the writers of one job on databases with row locks.
             if conn.execute(select(JOBS.c.id).where(JOBS.c.id == job_id).with_for_update()).one_or_none() is None:
                 raise _not_found(job_id)
-            last = conn.execute(select(func.max(EVENTS.c.seq)).where(EVENTS.c.job_id == job_id)).scalar()
-            seq = (last or 0) + 1
-            conn.execute(insert(EVENTS).values(job_id=job_id, seq=seq, at=at, kind=kind, data=data))
+            seq = self._insert_event(conn, job_id, kind, data, at)
         return Event(job_id=job_id, seq=seq, at=at, kind=kind, data=data)
+
+    @staticmethod
+    def _insert_event(conn: Connection, job_id: str, kind: str, data: str, at: datetime) -> int:
+        last = conn.execute(select(func.max(EVENTS.c.seq)).where(EVENTS.c.job_id == job_id)).scalar()
+        seq = int(last or 0) + 1
+        conn.execute(insert(EVENTS).values(job_id=job_id, seq=seq, at=at, kind=kind, data=data))
+        return seq
 
     def events(self, job_id: str, *, after: int = 0, limit: int | None = None) -> builtins.list[Event]:
         query = select(EVENTS).where(EVENTS.c.job_id == job_id, EVENTS.c.seq > after).order_by(EVENTS.c.seq)

@@ -23,7 +23,14 @@ class JobStore(Protocol):
     """Jobs and their event logs; every method is safe to call from several threads at once."""
 
     def add(self, job: Job) -> Job:
-        """Store a new ``queued`` job; ``ConflictError`` if its id is taken."""
+        """Store a new ``queued`` job; ``ConflictError`` if its id is taken. A job whose
+        ``idempotency_key`` is already stored is not added: the stored job is returned."""
+        ...
+
+    def claim(self, owner: str) -> Job | None:
+        """Move the oldest ``queued`` job to ``preparing``, owned by ``owner`` (heartbeat now,
+        ``attempts`` + 1, a ``state`` event), in one transaction: of several runners on one
+        database, exactly one gets each job. ``None`` when nothing is queued."""
         ...
 
     def get(self, job_id: str) -> Job:
@@ -35,8 +42,9 @@ class JobStore(Protocol):
         ...
 
     def update(self, job_id: str, *, state: JobState | None = None, **changes: Any) -> Job:
-        """Move the job to ``state`` (checked by ``next_state``) and set ``result``, ``error`` or
-        ``session_id``, all in one transaction; of two callers moving a job from the same state,
+        """Move the job to ``state`` (checked by ``next_state``) and set ``result``, ``error``,
+        ``session_id``, ``options``, ``owner``, ``heartbeat_at`` or ``attempts``, all in one
+        transaction; of two callers moving a job from the same state,
         one gets ``ConflictError``. Sets ``started_at`` on entering ``running``, ``finished_at``
         on entering a terminal state, and ``updated_at`` always."""
         ...

@@ -225,6 +225,7 @@ class BwrapSandbox:
         """Remove what killed callers left in free slots: processes, cgroups, staging, workspace ownership."""
         self._reaped_at = time.monotonic()
         runtime = self.settings.runtime
+        (runtime / "slots").mkdir(parents=True, exist_ok=True, mode=0o700)
         found = {slots.check_index(name) for name in self.driver.leftovers()}
         found |= {slots.check_index(p.name) for p in _entries(runtime / "stage")}
         found |= {slots.check_index(f"s{p.stem}") for p in _entries(runtime / "slots") if p.stat().st_size}
