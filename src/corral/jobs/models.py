@@ -133,8 +133,19 @@ def _strings(name: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+class _Record:
+    """A frozen dataclass that turns into JSON-safe data and back; ``from_dict`` refuses unknown keys."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(_plain(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return cls(**_known(cls, data))
+
+
 @dataclasses.dataclass(frozen=True)
-class JobOptions:
+class JobOptions(_Record):
     """How the agent of one job runs; ``None`` means the setting's default."""
 
     model: str | None = None
@@ -183,16 +194,9 @@ class JobOptions:
     def env_vars(self) -> dict[str, str]:
         return dict(item.partition("=")[::2] for item in self.env)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dict(_plain(self))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Self:
-        return cls(**_known(cls, data))
-
 
 @dataclasses.dataclass(frozen=True)
-class Usage:
+class Usage(_Record):
     """Tokens an agent used, as the Messages API counts them."""
 
     input_tokens: int = 0
@@ -209,16 +213,9 @@ class Usage:
             return NotImplemented
         return Usage(*(getattr(self, field.name) + getattr(other, field.name) for field in dataclasses.fields(Usage)))
 
-    def to_dict(self) -> dict[str, Any]:
-        return dict(_plain(self))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Self:
-        return cls(**_known(cls, data))
-
 
 @dataclasses.dataclass(frozen=True)
-class JobResult:
+class JobResult(_Record):
     """How a job ended. ``reason`` says why: ``completed``, ``agent_error``, ``usage_limit``,
     ``max_turns``, ``max_budget``, ``timeout``, ``idle_timeout``, ``startup_timeout``,
     ``cancelled``, ``interrupted``, ``crashed``, ``setup_failed``."""
@@ -244,9 +241,6 @@ class JobResult:
     base: str | None = None
     """The commit ``diff`` starts from (a follow-up's is its parent's)."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return dict(_plain(self))
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
         values = _known(cls, data)
@@ -258,7 +252,7 @@ class JobResult:
 
 
 @dataclasses.dataclass(frozen=True)
-class Job:
+class Job(_Record):
     """One prompt run by one agent against one repository."""
 
     id: str
@@ -292,9 +286,6 @@ class Job:
         """The branch the job's changes are committed on."""
         return f"corral/{self.id}"
 
-    def to_dict(self) -> dict[str, Any]:
-        return dict(_plain(self))
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
         values = _known(cls, data)
@@ -308,7 +299,7 @@ class Job:
 
 
 @dataclasses.dataclass(frozen=True)
-class Event:
+class Event(_Record):
     """One entry of a job's append-only log. ``kind`` is ``state``, ``agent`` (one raw
     stream-json line, verbatim), ``stderr`` or ``note``; ``seq`` counts 1, 2, 3... per job."""
 
@@ -317,9 +308,6 @@ class Event:
     at: datetime
     kind: str
     data: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(_plain(self))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
