@@ -64,6 +64,8 @@ class Settings:
     """Whether jobs may use ``file://`` URLs and local paths as repositories."""
     git_author: str = "corral <corral@localhost>"
     """``Name <email>`` of the commits corral makes on job branches."""
+    git_refresh_interval: float = 2.0
+    """Seconds a mirror fetched that recently is used as it is (a ref it lacks is fetched anyway); 0 = always fetch."""
     job_timeout: float | None = 3600.0
     """Default wall-clock limit of a job's agent run in seconds."""
     idle_timeout: float | None = 600.0
@@ -99,7 +101,7 @@ def _convert(name: str, value: Any, source: str) -> Any:
     try:
         if name == "memory" or name == "output_limit":
             return parse_size(value, what=f"setting {name!r}")
-        if name.endswith("timeout"):
+        if name.endswith("timeout") or name.endswith("interval"):
             return parse_duration(value, what=f"setting {name!r}")
         if kind.startswith("bool"):
             return _boolean(value)
