@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := bubblewrap socat git curl iproute2 util-linux hyperfine libseccomp2 procps
+APT_PACKAGES := bubblewrap socat git curl iproute2 util-linux hyperfine libseccomp2 procps jq tmux wrk
 # The Claude Code CLI that jobs run, pinned: tool names and startup calls change between releases.
 CLAUDE_VERSION := 2.1.197
 CLAUDE_DIR := tools/claude-code

@@ -13,7 +13,18 @@ __all__ = ["ALL", "BARE_BWRAP", "DEFAULT", "REPO"]
 
 REPO = Path(__file__).resolve().parent.parent
 
-DEFAULT = ("sandbox_spawn", "bridged_spawn", "cli_start", "srt", "egress_proxy", "git_checkout", "job_overhead")
+DEFAULT = (
+    "sandbox_spawn",
+    "bridged_spawn",
+    "cli_start",
+    "start_dry_run",
+    "srt",
+    "egress_proxy",
+    "git_checkout",
+    "job_overhead",
+    "service_health",
+    "service_jobs",
+)
 """What ``python -m benchmarks`` runs with no names."""
 ALL = (*DEFAULT, "phases")
 """``phases`` (where the time of one run goes) runs only when named."""

@@ -1,22 +1,27 @@
 """The git cache: one bare mirror per remote, and per job a checkout that borrows its objects.
 
-``GitCache(root)`` keeps ``root/mirrors/<name>-<hash>`` (``git clone --mirror`` once, ``git fetch
---prune`` before every checkout) under an exclusive ``flock`` on ``<mirror>.lock``, so jobs in
-threads or processes never write one mirror at once. A checkout is ``git clone --shared
---no-checkout`` of the mirror (its objects are borrowed through ``objects/info/alternates``,
-never hard-linked: the sandbox's uid will own the checkout) on branch ``corral/<job-id>``, with
-``origin`` set to the credential-free URL. The sandbox must see ``Checkout.mirror`` read-only.
-Mirrors run with ``gc.auto=0``: a checkout's base objects live only there, so they are never
-pruned.
+``GitCache(root)`` keeps ``root/mirrors/<name>-<hash>`` (``git clone --mirror`` once, then ``git
+fetch --prune``) under an exclusive ``flock`` on ``<mirror>.lock``, so jobs in threads or
+processes never write one mirror at once. With ``refresh_interval`` N > 0 a mirror fetched less
+than N seconds ago (by any process: the mirror's file ``corral-fetched`` holds the time) is used as it is; a ref
+it does not have yet fetches at once. A checkout is made like ``git clone --shared
+--no-checkout`` of the mirror would make it, without its transport round trip: ``git init``,
+``objects/info/alternates`` pointing at the mirror (objects are borrowed, never hard-linked: the
+sandbox's uid will own the checkout), ``origin`` set to the credential-free URL with the mirror's
+branches as ``refs/remotes/origin/*`` and its tags, then branch ``corral/<job-id>`` checked out.
+The sandbox must see ``Checkout.mirror`` read-only. Mirrors run with ``gc.auto=0``: a checkout's
+base objects live only there, so they are never pruned.
 
 Credentials: an ``https://user:token@host/...`` URL is accepted; git sees it without the
 userinfo (the mirror's config and the checkout's ``origin`` never hold it) and gets the user and
 token through ``GIT_ASKPASS`` for that one command. Every message masks URLs.
 
-After the agent, ``commit``, ``diff`` and ``push`` run git on the host over a tree the agent
-wrote. Before each, ``.git`` is inspected: no symlinks inside it, no config key that ``git
-clone`` would not write, no ``commondir``, and alternates that still point at the mirror.
-Anything else is refused with a ``GitError``; every command also carries ``gitcmd.HARDENING``.
+After the agent, ``finish`` (or ``commit`` and ``diff``) and ``push`` run git on the host over a
+tree the agent wrote. Before each, ``.git`` is inspected: no symlinks inside it, no config key
+that ``git clone`` would not write, no ``commondir``, and alternates that still point at the
+mirror. Anything else is refused with a ``GitError``; every command also carries
+``gitcmd.HARDENING``. ``finish`` asks ``git status`` first and skips the commit and the diff of
+a job that changed nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,10 +45,13 @@ from corral.gitcmd import (
     askpass,
     check_ref,
     check_url,
+    config_section,
     environment,
     mask_url,
     mirror_name,
+    packed_refs,
     parse_author,
+    parse_status,
     protocols,
     run,
     untrusted_config,
@@ -51,6 +61,9 @@ from corral.secrets import Secret
 __all__ = ["Checkout", "Diff", "GitCache", "check_ref", "check_url", "mask_url"]
 
 COMMIT = ("commit", "--quiet", "--no-verify", "--no-gpg-sign", "--cleanup=verbatim", "--allow-empty-message")
+STAMP = "corral-fetched"
+"""The file in a mirror that notes its last fetch (git ignores files it does not know in a repository)."""
+FETCH_SPEC = "+refs/heads/*:refs/remotes/origin/*"
 TOKEN_USERNAME = "x-access-token"
 """The user name sent with a token when the URL names none (GitHub's; GitLab accepts any)."""
 
@@ -79,10 +92,22 @@ class Diff:
 class GitCache:
     """Mirrors under ``root/mirrors`` and the checkouts made from them."""
 
-    def __init__(self, root: Path, *, allow_local: bool = False, author: str = "corral <corral@localhost>") -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        allow_local: bool = False,
+        author: str = "corral <corral@localhost>",
+        refresh_interval: float = 0.0,
+    ) -> None:
         self.root = root.absolute()
         self.allow_local = allow_local
         self.author = author
+        self.refresh_interval = refresh_interval
+        """Seconds a fetched mirror is used without fetching again; 0 fetches before every checkout."""
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[Path, str, str], str] = {}
+        """Per mirror and fetch (the stamp's mtime): the commits refs resolve to, and the listed refs."""
         name, email = parse_author(author)
         self._identity = {
             "GIT_AUTHOR_NAME": name,
@@ -97,10 +122,10 @@ class GitCache:
 
     def mirror(self, url: str) -> Path:
         """The fresh mirror of ``url``: cloned the first time, fetched with ``--prune`` after."""
-        return self._refresh(self._remote(url))
+        return self._refresh(self._remote(url))[0]
 
     def checkout(self, url: str, ref: str | None, job_id: str, dest: Path) -> Checkout:
-        """Refresh the mirror, then check out ``ref`` (default the remote's HEAD) at ``dest``."""
+        """Refresh the mirror (within ``refresh_interval``), then check out ``ref`` (default: HEAD) at ``dest``."""
         remote = self._remote(url)
         if ref is not None:
             check_ref(ref)
@@ -109,22 +134,43 @@ class GitCache:
         if dest.is_symlink() or (dest.exists() and (not dest.is_dir() or any(dest.iterdir()))):
             msg = f"The checkout directory {dest} exists and is not an empty directory; give a new path."
             raise WorkspaceError(msg)
-        mirror = self._refresh(remote)
+        mirror, fetched = self._refresh(remote)
         created = not dest.exists()
         try:
             with _locked(mirror, exclusive=False):
-                base = self._resolve(mirror, ref, remote)
-                self._git(
-                    ["clone", "--shared", "--no-checkout", "--quiet", "--", str(mirror), str(dest)],
-                    what=f"copying the mirror of {remote.url} to {dest}",
-                    local=True,
-                )
-            self._git(["config", "remote.origin.url", remote.url], what="setting origin", repo=dest)
+                base = self._resolve(mirror, ref, remote, final=fetched)
+            if base is None:  # the mirror was not fetched just now: the ref may be newer than it
+                mirror, _ = self._refresh(remote, force=True)
+            with _locked(mirror, exclusive=False):
+                if base is None:
+                    base = self._resolve(mirror, ref, remote, final=True)
+                assert base is not None
+                self._init(dest, mirror, remote)
             self._git(["checkout", "--quiet", "-b", branch, base], what=f"checking out {base} at {dest}", repo=dest)
         except BaseException:
             _discard(dest, created=created)
             raise
         return Checkout(dest, branch, base, mirror)
+
+    def _init(self, dest: Path, mirror: Path, remote: Remote) -> None:
+        """What ``clone --shared --no-checkout`` of ``mirror`` writes, with ``origin`` at ``remote.url``."""
+        self._git(["init", "--quiet", "--", str(dest)], what=f"creating a repository at {dest}")
+        gitdir = dest / ".git"
+        (gitdir / "objects" / "info" / "alternates").write_text(f"{mirror / 'objects'}\n")
+        refs, tags, default = self._refs(mirror)
+        config = config_section("remote.origin", [("url", remote.url), ("fetch", FETCH_SPEC)])
+        if default is not None and default in refs:
+            name = default.removeprefix("refs/heads/")
+            config += config_section(f"branch.{name}", [("remote", "origin"), ("merge", default)])
+            (gitdir / "refs" / "remotes" / "origin").mkdir(parents=True)
+            (gitdir / "refs" / "remotes" / "origin" / "HEAD").write_text(f"ref: refs/remotes/origin/{name}\n")
+        with (gitdir / "config").open("a") as fh:
+            fh.write(config)
+        packed = [(sha, "refs/remotes/origin/" + name.removeprefix("refs/heads/")) for name, sha in refs.items()]
+        packed += [(sha, name) for name, sha in tags.items()]
+        if default is not None and default in refs:
+            packed.append((refs[default], default))
+        (gitdir / "packed-refs").write_text(packed_refs(packed))
 
     def commit(self, checkout: Checkout, message: str) -> str | None:
         """Commit everything in the tree on the job branch; the new HEAD, or None if nothing changed.
@@ -160,9 +206,34 @@ class GitCache:
         )
         return self._rev(checkout.path, "HEAD")
 
+    def finish(self, checkout: Checkout, message: str) -> tuple[str | None, Diff]:
+        """``commit`` then ``diff``, with one inspection, and neither when ``git status`` shows HEAD on
+        the job branch at ``base`` and nothing changed: ``(None, an empty Diff)``."""
+        self._inspect(checkout)
+        status = parse_status(
+            self._git(
+                ["status", "--porcelain=v2", "--branch", "-z", "--untracked-files=all", "--ignore-submodules=none"],
+                what=f"looking for changes in {checkout.path}",
+                repo=checkout.path,
+                env={"GIT_OPTIONAL_LOCKS": "0"},  # a look only: git must not rewrite the index as root
+            ).stdout
+        )
+        commit = None
+        if status.head != checkout.branch or status.changes:
+            try:
+                commit = self._commit(checkout, message)
+            finally:
+                _give_back(checkout.path)
+        elif status.oid == checkout.base:
+            return None, Diff("", ())
+        return commit, self._diff(checkout)
+
     def diff(self, checkout: Checkout) -> Diff:
         """The patch from ``base`` to the job branch, and the paths it adds, changes or deletes."""
         self._inspect(checkout)
+        return self._diff(checkout)
+
+    def _diff(self, checkout: Checkout) -> Diff:
         span = [checkout.base, f"refs/heads/{checkout.branch}", "--"]
         text = self._git(
             ["diff", "--no-ext-diff", "--no-textconv", "--no-color", *span], what="diffing", repo=checkout.path
@@ -206,10 +277,15 @@ class GitCache:
             return Remote(os.path.abspath(os.path.expanduser(remote.url)))  # noqa: PTH100, PTH111
         return remote
 
-    def _refresh(self, remote: Remote) -> Path:
+    def _refresh(self, remote: Remote, *, force: bool = False) -> tuple[Path, bool]:
+        """The mirror of ``remote``, and whether it was fetched (or cloned) by this call."""
         self.mirrors.mkdir(parents=True, exist_ok=True)
         path = self.mirrors / mirror_name(remote.url)
+        if not force and self._fresh(path):
+            return path, False
         with _locked(path, exclusive=True), _credentials(remote, None) as (env, secrets):
+            if not force and self._fresh(path):  # fetched by someone else while we waited for the lock
+                return path, False
             if (path / "HEAD").is_file():
                 self._git(
                     ["fetch", "--prune", "--quiet", "origin"],
@@ -219,7 +295,8 @@ class GitCache:
                     env=env,
                     secrets=secrets,
                 )
-                return path
+                _stamp(path)
+                return path, True
             partial = path.with_name(f".{path.name}.partial")  # a clone cut short is never a mirror
             if partial.exists():
                 _rmtree(partial)
@@ -236,9 +313,25 @@ class GitCache:
             finally:
                 if partial.exists():
                     _rmtree(partial)
-        return path
+            _stamp(path)
+        return path, True
 
-    def _resolve(self, mirror: Path, ref: str | None, remote: Remote) -> str:
+    def _fresh(self, mirror: Path) -> bool:
+        """Whether ``mirror`` exists and was fetched less than ``refresh_interval`` seconds ago."""
+        if self.refresh_interval <= 0 or not (mirror / "HEAD").is_file():
+            return False
+        note = _fetched_at(mirror).split(" ", 1)[0]
+        age = time.time() - (int(note) / 1e9 if note.isdigit() else 0)
+        return 0 <= age < self.refresh_interval
+
+    def _resolve(self, mirror: Path, ref: str | None, remote: Remote, *, final: bool) -> str | None:
+        """The commit ``ref`` names in ``mirror`` (remembered until its next fetch); ``None`` if it has
+        none and not ``final``, else ``GitError``."""
+        key = (mirror, _fetched_at(mirror), "HEAD" if ref is None else f"ref:{ref}")
+        with self._lock:
+            known = self._seen.get(key)
+        if known is not None:
+            return known
         name = "HEAD" if ref is None else ref
         found = self._git(
             ["rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"],
@@ -247,12 +340,44 @@ class GitCache:
             ok=(0, 1),
         )
         if found.returncode != 0:
+            if not final:
+                return None
             if ref is None:
                 msg = f"The repository {remote.url} has no commit on its default branch; push one or give a ref."
             else:
                 msg = f"The ref {ref!r} does not exist in {remote.url}; give a branch, tag or commit SHA it has."
             raise GitError(mask_url(msg))
-        return found.stdout.decode().strip()
+        sha = found.stdout.decode().strip()
+        self._remember(key, sha)
+        return sha
+
+    def _refs(self, mirror: Path) -> tuple[dict[str, str], dict[str, str], str | None]:
+        """The mirror's branches and tags (name -> sha) and the branch its HEAD names, as of its last fetch."""
+        stamp = _fetched_at(mirror)
+        with self._lock:
+            known = self._seen.get((mirror, stamp, "refs"))
+        if known is None:
+            listed = self._git(
+                ["for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/", "refs/tags/"],
+                what="listing the refs of a mirror",
+                bare=mirror,
+            )
+            known = listed.stdout.decode(errors="surrogateescape")
+            self._remember((mirror, stamp, "refs"), known)
+        heads: dict[str, str] = {}
+        tags: dict[str, str] = {}
+        for line in known.splitlines():
+            sha, _, name = line.partition(" ")
+            (heads if name.startswith("refs/heads/") else tags)[name] = sha
+        head = (mirror / "HEAD").read_text(errors="replace").strip()
+        default = head.removeprefix("ref: ") if head.startswith("ref: refs/heads/") else None
+        return heads, tags, default
+
+    def _remember(self, key: tuple[Path, str, str], value: str) -> None:
+        with self._lock:
+            if len(self._seen) > 4096:  # old fetches' entries are never asked for again
+                self._seen.clear()
+            self._seen[key] = value
 
     def _inspect(self, checkout: Checkout) -> None:
         """Refuse a checkout whose ``.git`` could make host git run or read what it should not."""
@@ -322,6 +447,22 @@ def _branch(job_id: str) -> str:
     except RepoError:
         msg = f"The job id {job_id!r} cannot name the git branch corral/<job-id>; use letters, digits, '-' and '_'."
         raise RepoError(msg) from None
+
+
+def _stamp(mirror: Path) -> None:
+    """Note that ``mirror`` was fetched now: its file ``corral-fetched`` holds the time in ns and a nonce."""
+    stamp = mirror / STAMP
+    partial = mirror / f".{STAMP}.{os.getpid()}.{threading.get_ident()}"
+    partial.write_text(f"{time.time_ns()} {os.urandom(8).hex()}\n")
+    partial.replace(stamp)
+
+
+def _fetched_at(mirror: Path) -> str:
+    """The note of ``mirror``'s last fetch (``"<ns> <nonce>"``); ``"0"`` if there is none."""
+    try:
+        return (mirror / STAMP).read_text().strip() or "0"
+    except (FileNotFoundError, UnicodeDecodeError):
+        return "0"
 
 
 @contextlib.contextmanager

@@ -36,13 +36,17 @@ __all__ = [
     "HARDENING",
     "TIMEOUT",
     "Remote",
+    "Status",
     "askpass",
     "check_ref",
     "check_url",
+    "config_section",
     "environment",
     "mask_url",
     "mirror_name",
+    "packed_refs",
     "parse_author",
+    "parse_status",
     "protocols",
     "run",
     "untrusted_config",
@@ -260,6 +264,68 @@ _TRUSTED_CONFIG = re.compile(
     r"|extensions\.objectformat|remote\.origin\.(?:url|fetch)|branch\..+\.(?:remote|merge))$",
     re.DOTALL,
 )
+
+
+def config_section(name: str, values: Sequence[tuple[str, str]]) -> str:
+    """A git config section ``[name]`` or ``[name "sub"]`` (``name`` as ``remote.origin``), values quoted.
+
+    Inside double quotes only ``\\`` and ``"`` need escaping; a value with a line break or a NUL
+    cannot be written (``check_url`` and ``check_ref`` refuse them before).
+    """
+    section, dot, sub = name.partition(".")
+    lines = [f'[{section} "{_quote(sub)}"]' if dot else f"[{section}]"]
+    lines += [f'\t{key} = "{_quote(value)}"' for key, value in values]
+    return "\n".join(lines) + "\n"
+
+
+def _quote(text: str) -> str:
+    if "\n" in text or "\0" in text:
+        msg = f"The git config value {mask_url(text)!r} contains a line break or a NUL; it cannot be written."
+        raise RepoError(msg)
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def packed_refs(refs: Iterable[tuple[str, str]]) -> str:
+    """The ``packed-refs`` of a clone: ``(sha, name)`` pairs as git reads them, sorted by name."""
+    lines = ["# pack-refs with: sorted "]
+    lines += [f"{sha} {name}" for sha, name in sorted(refs, key=lambda ref: ref[1].encode())]
+    return "\n".join(lines) + "\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class Status:
+    """What ``git status --porcelain=v2 --branch -z`` says: the branch, its commit, and the changes."""
+
+    head: str | None
+    """The checked-out branch's short name, or None when HEAD is detached."""
+    oid: str | None
+    """The commit HEAD points at, or None on an unborn branch."""
+    changes: int
+    """Entries for changed, staged, unmerged or untracked paths."""
+
+
+def parse_status(output: bytes) -> Status:
+    """Read the ``--porcelain=v2 --branch -z`` output of ``git status``."""
+    head: str | None = None
+    oid: str | None = None
+    changes = 0
+    records = iter(output.split(b"\0"))
+    for record in records:
+        if not record:
+            continue
+        if record.startswith(b"# branch.head "):
+            name = os.fsdecode(record[len(b"# branch.head ") :])
+            head = None if name == "(detached)" else name
+        elif record.startswith(b"# branch.oid "):
+            value = record[len(b"# branch.oid ") :].decode(errors="replace")
+            oid = None if value == "(initial)" else value
+        elif record.startswith(b"#"):
+            continue
+        else:
+            changes += 1
+            if record.startswith(b"2 "):
+                next(records, None)  # a rename or copy carries its original path as the next record
+    return Status(head, oid, changes)
 
 
 def untrusted_config(keys: Iterable[str]) -> list[str]:

@@ -23,6 +23,7 @@ from corral.errors import CorralError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from corral.api.tokens import TokenStore
     from corral.jobs.models import Job, JobOptions
     from corral.jobs.store import JobStore
     from corral.settings import Settings
@@ -67,7 +68,7 @@ class Pool(Protocol):
 
 
 class Service:
-    """What the routes share (``app.state.service``): settings, store, pool, and the drain switch."""
+    """What the routes share (``app.state.service``): settings, store, tokens, pool, and the drain switch."""
 
     def __init__(
         self,
@@ -76,12 +77,14 @@ class Service:
         pool: Pool,
         environ: Mapping[str, str],
         on_drain: Callable[[], None],
+        tokens: TokenStore,
     ) -> None:
         self.settings = settings
         self.store = store
         self.pool = pool
         self.environ = environ
         self.on_drain = on_drain
+        self.tokens = tokens
         self.stopping = threading.Event()
         """Set when the lifespan ends: live event streams stop following."""
 
@@ -155,14 +158,17 @@ def create_app(
     also ends the server); by default it drains the pool in a thread.
     """
     from corral import __version__
-    from corral.api import health, jobs, seed
+    from corral.api import health, jobs, metrics, seed, tokens
+    from corral.jobs.models import utc_now
 
     env = os.environ if environ is None else environ
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from corral.api.tokens import TokenStore
         from corral.jobs.store import open_store
 
+        started = utc_now()
         owned = store is None
         opened = open_store(settings) if store is None else store
         try:
@@ -179,8 +185,9 @@ def create_app(
             else:
                 running = pool
             drain = on_drain or _drain_in_background(running, DEFAULT_DRAIN_TIMEOUT)
-            service = Service(settings, opened, running, env, drain)
+            service = Service(settings, opened, running, env, drain, TokenStore.of(opened))
             app.state.service = service
+            app.state.metrics = metrics.registry(service, started)
             running.start()
             try:
                 yield
@@ -197,7 +204,8 @@ def create_app(
         summary="Runs AI coding agents in sandboxes: the seed runner contract and the jobs API.",
         lifespan=lifespan,
         responses={
-            401: {"model": _error_model(), "description": "The runner secret is missing or wrong."},
+            401: {"model": _error_model(), "description": "No valid API token or runner secret."},
+            403: {"model": _error_model(), "description": "The API token lacks the scope the route needs."},
             422: {"model": _error_model(), "description": "The request is invalid."},
         },
     )
@@ -205,7 +213,24 @@ def create_app(
     app.include_router(seed.router)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(tokens.router)
+    app.include_router(metrics.router)
+    _check_scopes(app)
     return app
+
+
+def _check_scopes(app: FastAPI) -> None:
+    """Every route is open or has its scope in ``ROUTE_SCOPES``, and every entry is a route: the table cannot drift."""
+    from corral.api.auth import OPEN_ROUTES, ROUTE_SCOPES
+
+    routes = {(method.upper(), path) for path, item in app.openapi()["paths"].items() for method in item}
+    for method, path in sorted(routes - set(ROUTE_SCOPES)):
+        if path not in OPEN_ROUTES:
+            msg = f"The route {method} {path} is neither open nor in ROUTE_SCOPES; give it its scope in auth.py."
+            raise RuntimeError(msg)
+    for method, path in sorted(set(ROUTE_SCOPES) - routes):
+        msg = f"ROUTE_SCOPES names {method} {path}, which is not a route; remove it from auth.py."
+        raise RuntimeError(msg)
 
 
 def _error_model() -> type[Any]:

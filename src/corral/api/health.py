@@ -87,8 +87,13 @@ def oauth_status(request: Request) -> OAuthStatus:
 
 
 @router.get("/healthz")
+async def healthz_route(request: Request) -> Healthz:
+    """The runner's health as Coder's metadata scripts read it (no secret needed); answered on the loop."""
+    return healthz(request)
+
+
 def healthz(request: Request) -> Healthz:
-    """The runner's health as Coder's metadata scripts read it (no secret needed)."""
+    """The body of ``/healthz``: reads the pool's counters only."""
     from corral import __version__
 
     pool = service_of(request).pool

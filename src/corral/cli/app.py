@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from corral.cli.auth import auth_app
+from corral.cli.tokens import tokens_app
 from corral.errors import UsageError
 
 app = typer.Typer(
@@ -24,6 +25,7 @@ app.add_typer(audit_app, name="audit")
 jobs_app = typer.Typer(no_args_is_help=True, help="Read and cancel jobs: the local store, or CORRAL_URL.")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(auth_app, name="auth")
+app.add_typer(tokens_app, name="tokens")
 
 
 @sandbox_app.command("run")
@@ -144,7 +146,8 @@ def run_(
 @app.command()
 def serve(
     host: Annotated[
-        str, typer.Option(help="Address to listen on; other than loopback only with CORRAL_RUNNER_SECRET.")
+        str,
+        typer.Option(help="Address to listen on; other than loopback only with CORRAL_RUNNER_SECRET or an API token."),
     ] = ("127.0.0.1"),
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
     capacity: Annotated[
@@ -242,6 +245,43 @@ def jobs_cancel(job_id: Annotated[str, typer.Argument(help="The job's id.", show
     finally:
         source.close()
     typer.echo(f"{job.state.value} job {job.id}")
+
+
+@app.command()
+def start(
+    agent: Annotated[
+        str, typer.Argument(help="The agent, as named in corral.toml ([agents.NAME]).", show_default=False)
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan and stop; start and write nothing.")
+    ] = False,
+    cwd: Annotated[
+        bool,
+        typer.Option(
+            "--cwd", help="Work on a copy of the current directory (.git included); offer to keep the changes."
+        ),
+    ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask; with --cwd keep the changes as a patch.")
+    ] = False,
+    remote_control: Annotated[
+        bool,
+        typer.Option(
+            "--remote-control", help="Remote Control with a claude.ai login inside the sandbox (not built yet)."
+        ),
+    ] = False,
+    manifest: Annotated[
+        Optional[Path], typer.Option("--manifest", help="The manifest (default: corral.toml here or in a parent).")
+    ] = None,
+    name: Annotated[
+        Optional[str], typer.Option("--name", help="Pin the session's name (default: AGENT, AGENT-2...).")
+    ] = None,
+) -> None:
+    """Start AGENT from corral.toml as an interactive Claude Code session in its sandbox; remove it all at the end."""
+    from corral.cli.start import StartArgs
+    from corral.cli.start import start as start_
+
+    raise typer.Exit(start_(StartArgs(agent, manifest, dry_run, cwd, yes, remote_control, name)))
 
 
 @app.command()

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from corral.settings import Settings
 
-__all__ = ["Drainer", "bind", "check_bind", "is_loopback", "on_exit_argv", "parse_capacity", "serve"]
+__all__ = ["Drainer", "bind", "check_bind", "has_tokens", "is_loopback", "on_exit_argv", "parse_capacity", "serve"]
 
 ON_EXIT_TIMEOUT = 300.0
 """Seconds ``--on-exit`` may run before it is killed."""
@@ -63,26 +63,39 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_bind(host: str, secret: str) -> str | None:
-    """Refuse a non-loopback ``host`` without a runner secret; the notice to print at start, if any."""
-    if secret:
+def check_bind(host: str, secret: str, tokens: bool = False) -> str | None:
+    """Refuse a non-loopback ``host`` without auth (a runner secret, or any API token); the notice to print, if any."""
+    if secret or tokens:
         return None
     if not is_loopback(host):
         msg = (
-            f"corral serve refuses to listen on {host} without CORRAL_RUNNER_SECRET: anyone who can reach it could "
-            "run jobs with your credential; set CORRAL_RUNNER_SECRET, or listen on --host 127.0.0.1."
+            f"corral serve refuses to listen on {host} without CORRAL_RUNNER_SECRET or an API token: anyone who "
+            "can reach it could run jobs with your credential; make a token with `corral tokens create --scope "
+            "jobs:write`, set CORRAL_RUNNER_SECRET, or listen on --host 127.0.0.1."
         )
         raise UsageError(msg)
     return (
-        f"CORRAL_RUNNER_SECRET is not set: listening on {host} (this machine only) without auth; "
-        "set it to serve other machines."
+        f"CORRAL_RUNNER_SECRET is not set and there is no API token: listening on {host} (this machine only) "
+        "without auth; make a token with `corral tokens create` or set CORRAL_RUNNER_SECRET to serve other machines."
     )
+
+
+def has_tokens(settings: Settings) -> bool:
+    """Whether the store holds any API token (revoked and expired ones count: auth stays on)."""
+    from corral.api.tokens import TokenStore
+    from corral.jobs.store import open_store
+
+    store = open_store(settings)
+    try:
+        return TokenStore.of(store).configured()
+    finally:
+        store.close()
 
 
 def bind(host: str, port: int) -> socket.socket:
     """The listening socket, bound before anything starts, so that a taken port is a sentence, not a log line."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY only then
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host.strip("[]"), port))
@@ -165,14 +178,16 @@ def serve(
     from corral.api.app import create_app
 
     argv = on_exit_argv(on_exit) if on_exit is not None else None
-    notice = check_bind(host, settings.runner_secret)
+    notice = check_bind(host, settings.runner_secret, has_tokens(settings))
     if notice:
         sys.stderr.write(f"corral: {notice}\n")
     sock = bind(host, port)
     drainer = Drainer(drain_timeout)
     app = create_app(settings, environ=environ, on_drain=drainer.begin)
     drainer.app = app
-    config = uvicorn.Config(app, host=host, port=port, lifespan="on", timeout_graceful_shutdown=5, log_level="info")
+    config = uvicorn.Config(
+        app, host=host, port=port, lifespan="on", timeout_graceful_shutdown=5, log_level="info", access_log=False
+    )
     server = _server(config, drainer)
 
     def end() -> None:

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -48,10 +49,30 @@ from corral.egress.tls import ALERT_UNRECOGNIZED_NAME, MAX_HELLO, NotClientHello
 from corral.errors import AuditLogError, BadLimitError, UsageError
 from corral.sandbox.spec import Violation
 
-__all__ = ["EgressProxy", "ProxyConfig"]
+__all__ = ["DECISIONS", "DecisionCounter", "EgressProxy", "ProxyConfig"]
 
 T = TypeVar("T")
 _ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+
+
+class DecisionCounter:
+    """Egress decisions by verdict (``allow``, ``deny``) in this process; ``corral.api.metrics`` reads it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = {"allow": 0, "deny": 0}
+
+    def add(self, verdict: str) -> None:
+        with self._lock:
+            self._counts[verdict] = self._counts.get(verdict, 0) + 1
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+DECISIONS = DecisionCounter()
+"""Every decision of every proxy in this process, audited or not."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,6 +391,8 @@ class EgressProxy:
         await client.finish(answer, self.config.linger)
 
     def _audit(self, attempt: _Attempt) -> None:
+        if attempt.verdict is not None:
+            DECISIONS.add(attempt.verdict)
         if self.audit is None or attempt.verdict is None:
             return
         record = AuditRecord(

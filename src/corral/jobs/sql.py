@@ -42,9 +42,9 @@ from sqlalchemy.types import TypeDecorator
 from corral.errors import ConflictError, NotFoundError, SettingsError, UsageError
 from corral.jobs.models import TERMINAL, Event, Job, JobOptions, JobResult, JobState, next_state, utc_now
 
-__all__ = ["HEAD_REVISION", "Base", "EventRow", "JobRow", "SqlJobStore"]
+__all__ = ["HEAD_REVISION", "TOKENS", "Base", "EventRow", "JobRow", "SqlJobStore", "TokenRow"]
 
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 """The newest migration in ``migrations/versions``; a test keeps it equal to alembic's head."""
 
 BUSY_TIMEOUT_MS = 30_000
@@ -95,6 +95,7 @@ class JobRow(Base):
         Index(None, "created_at"),
         Index(None, "idempotency_key", unique=True),
         Index(None, "parent_id"),
+        Index(None, "finished_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -130,8 +131,25 @@ class EventRow(Base):
     data: Mapped[str] = mapped_column(Text)
 
 
+class TokenRow(Base):
+    """One API token: only the SHA-256 of its value is stored; ``scopes`` are separated by spaces."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (Index(None, "token_hash", unique=True),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    scopes: Mapped[str] = mapped_column(String(200))
+    token_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
 JOBS = cast(Table, JobRow.__table__)
 EVENTS = cast(Table, EventRow.__table__)
+TOKENS = cast(Table, TokenRow.__table__)
 
 
 def _job(row: Row[Any]) -> Job:
@@ -203,6 +221,16 @@ class SqlJobStore:
             engine.dispose()
             raise
         return store
+
+    @property
+    def engine(self) -> Engine:
+        """The engine, for the tables that share this database (``corral.api.tokens``, ``corral.api.metrics``)."""
+        return self._engine
+
+    @property
+    def writer(self) -> Engine:
+        """The engine whose transactions take the write lock first (``BEGIN IMMEDIATE`` on SQLite)."""
+        return self._writer
 
     @property
     def _name(self) -> str:

@@ -105,7 +105,12 @@ class JobRunner:
 
             sandbox = BwrapSandbox(settings)
         self.sandbox = sandbox
-        self.git = GitCache(settings.home / "git", allow_local=settings.git_allow_local, author=settings.git_author)
+        self.git = GitCache(
+            settings.home / "git",
+            allow_local=settings.git_allow_local,
+            author=settings.git_author,
+            refresh_interval=settings.git_refresh_interval,
+        )
         self._cancels: dict[str, threading.Event] = {}
         self._interrupted: set[str] = set()
         self._doors: dict[str, tuple[Door, tuple[str, ...]]] = {}
@@ -313,8 +318,7 @@ class JobRunner:
             stopped = "interrupted"
         outcome = agent.outcome(events, None if run.reason == "killed" else run.exit_code)
         state, reason = _verdict(run, stopped, outcome)
-        commit = self.git.commit(checkout, _commit_message(job))
-        diff = self.git.diff(checkout)
+        commit, diff = self.git.finish(checkout, _commit_message(job))
         pushed = False
         if options.push and state is JobState.SUCCEEDED:
             from corral.secrets import CredentialStore

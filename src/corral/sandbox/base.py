@@ -24,6 +24,11 @@ class SandboxBackend(Protocol):
         on_output: OutputSink | None = None,
         stdin: int | None = None,
         on_start: Callable[[Supervised], None] | None = None,
+        tty: int | None = None,
     ) -> RunResult:
-        """Run ``spec``, streaming output to ``on_output``; kill the whole tree at its timeout."""
+        """Run ``spec``, streaming output to ``on_output``; kill the whole tree at its timeout.
+
+        ``tty`` is the slave of a pseudo-terminal the caller opened: the command's stdin, stdout
+        and stderr (nothing is piped then, and ``stdin`` is ignored).
+        """
         ...

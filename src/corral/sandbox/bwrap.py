@@ -169,9 +169,9 @@ class BwrapSandbox:
         return found
 
     def shared(self) -> list[Path]:
-        """The trees of corral's home that sandboxes may be given: job directories and git mirrors."""
+        """The trees of corral's home that sandboxes may be given: job and session directories, git mirrors."""
         home = Path(os.path.realpath(self.settings.home))
-        return [home / "jobs", home / "git"]
+        return [home / "jobs", home / "git", home / "sessions"]
 
     def check(self, spec: SandboxSpec) -> None:
         """Refuse a spec that cannot run, before anything is started."""
@@ -200,8 +200,9 @@ class BwrapSandbox:
         on_output: OutputSink | None = None,
         stdin: int | None = None,
         on_start: Callable[[Supervised], None] | None = None,
+        tty: int | None = None,
     ) -> RunResult:
-        """Run ``spec`` to its end and report how it ended."""
+        """Run ``spec`` to its end and report how it ended; ``tty``: see ``SandboxBackend.run``."""
         self.check(spec)
         spec = _real_paths(spec)
         before = paths.present(spec.workspace)
@@ -217,7 +218,7 @@ class BwrapSandbox:
         try:
             if slot.recorded:
                 self._reap_slot(slot)
-            return self._run_in_slot(spec, layout, before, program, slot, on_output, stdin, on_start)
+            return self._run_in_slot(spec, layout, before, program, slot, on_output, stdin, on_start, tty)
         finally:
             slot.release()
 
@@ -263,6 +264,7 @@ class BwrapSandbox:
         on_output: OutputSink | None,
         stdin: int | None,
         on_start: Callable[[Supervised], None] | None,
+        tty: int | None = None,
     ) -> RunResult:
         limits = spec.limits
         host_uid = self.settings.sandbox_uid_base + slot.index if self.is_root else None
@@ -306,6 +308,7 @@ class BwrapSandbox:
                     user=None if staged else host_uid,
                     preexec=_child_setup(staged, host_uid) if staged else None,
                     kill_tree=group.kill if group is not None else None,
+                    tty=tty,
                 )
             finally:
                 os.close(info_fd)

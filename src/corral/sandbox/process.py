@@ -57,6 +57,7 @@ class Supervised:
         stdin: int | None = None,
         user: int | None = None,
         kill_tree: Callable[[], None] | None = None,
+        tty: int | None = None,
     ) -> None:
         self._kill_tree = kill_tree
         self.signal_tree: Callable[[int], None] | None = None
@@ -69,6 +70,10 @@ class Supervised:
             "stdin": subprocess.DEVNULL if stdin is None else stdin,
             "stdout": subprocess.PIPE,
             "stderr": subprocess.PIPE,
+        }
+        if tty is not None:  # a terminal of its own: nothing to pump, the caller copies the master
+            options.update(stdin=tty, stdout=tty, stderr=tty)
+        options |= {
             "pass_fds": tuple(pass_fds),
             "preexec_fn": preexec,
             "close_fds": True,
