@@ -30,6 +30,16 @@ from corral.settings import Settings
 
 S = JobState
 
+
+def _said_ready(proc: subprocess.Popen[str]) -> bool:
+    """Whether the child said "ready"; when it died first, fail with what it printed on stderr."""
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    line = proc.stdout.readline()
+    assert line, f"the child ended before it was ready: {proc.stderr.read()[-3000:]}"
+    return line.strip() == "ready"
+
+
 # A separate process that opens the store, says "ready", reads a job id, appends N events.
 APPENDER = """
 import sys
@@ -255,6 +265,7 @@ def test_append_event_from_two_processes_numbers_every_event_once(settings: Sett
             [sys.executable, "-c", APPENDER, str(settings.home), tag, str(count)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
         )
         for tag in ("a", "b")
@@ -262,7 +273,7 @@ def test_append_event_from_two_processes_numbers_every_event_once(settings: Sett
     try:
         for proc in procs:
             assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "ready"
+            assert _said_ready(proc)
         store = open_store(settings)
         try:
             job = store.add(new_job("p", "r"))
@@ -481,6 +492,7 @@ def test_two_processes_claiming_never_take_a_job_twice(settings: Settings) -> No
                 [sys.executable, "-c", CLAIMER, str(settings.home), f"proc-{n}"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
             )
             for n in range(2)
@@ -488,7 +500,7 @@ def test_two_processes_claiming_never_take_a_job_twice(settings: Settings) -> No
         try:
             for proc in procs:
                 assert proc.stdout is not None
-                assert proc.stdout.readline().strip() == "ready"
+                assert _said_ready(proc)
             for proc in procs:
                 assert proc.stdin is not None
                 proc.stdin.write("go\n")
