@@ -155,7 +155,8 @@ def start(args: StartArgs, *, out: TextIO = sys.stdout, environ: Mapping[str, st
 
 def _run(plan: Plan, args: StartArgs, settings: Settings, environ: Mapping[str, str], out: TextIO) -> int:
     from corral.sandbox.bwrap import BwrapSandbox
-    from corral.session import Session, copy_in, launch
+    from corral.session import Session, launch
+    from corral.workcopy import copy_in
 
     session = Session.claim(settings.home, plan.agent, args.name, settings.runtime)
     try:
@@ -173,7 +174,7 @@ def _run(plan: Plan, args: StartArgs, settings: Settings, environ: Mapping[str, 
 
 def _review(session: Session, base: str, source: Path, yes: bool, out: TextIO) -> None:
     """Show what the session changed in its copy and keep it as a branch or patch, or discard it."""
-    from corral.session import changes, keep_branch, keep_patch
+    from corral.workcopy import changes, keep_branch, keep_patch
 
     found = changes(session.dirs, base)
     if found.empty:
