@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from corral.api.app import create_app
-from corral.api.seed import SETUP_GRACE, diff_summary
+from corral.api.seed import diff_summary
 from corral.jobs.models import JobState
 from corral.jobs.store import JobStore, open_store
 from corral.settings import Settings
@@ -64,7 +65,7 @@ def test_execute_runs_the_job_and_answers_its_result(settings: Settings, store: 
     assert job.state is JobState.SUCCEEDED
     assert job.options.timeout == 600.0
     assert job.agent == "claude-code"
-    assert ("wait", (job.id, 600.0 + SETUP_GRACE)) in pool.calls
+    assert ("wait", (job.id, 0.0)) in pool.calls  # looked at from the event loop, never a blocked wait
     assert job.result is not None
     assert body["success"] is True
     assert body["state"] == "succeeded"
@@ -86,8 +87,14 @@ def test_execute_ignores_fields_it_does_not_know_and_needs_no_secret_when_none_i
     assert store.get(response.json()["job_id"]).repo == "https://example.com/r.git"
 
 
-def test_a_job_that_has_not_ended_is_no_success(settings: Settings, store: JobStore) -> None:
-    client, pool = serve(settings, store)
+def test_a_job_that_has_not_ended_is_no_success(
+    settings: Settings, store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait ends at the job's time limit (here the setting, 0.3 s) plus the setup grace (here none)."""
+    from corral.api import seed
+
+    monkeypatch.setattr(seed, "SETUP_GRACE", 0.0)
+    client, pool = serve(dataclasses.replace(settings, job_timeout=0.3), store)
     pool.auto_finish = False
     with client:
         body = client.post("/execute", json={"prompt": "p", "repo_url": "https://example.com/r.git"}).json()

@@ -17,6 +17,8 @@ __all__ = ["SETUP_GRACE", "diff_summary", "execute_response", "router"]
 
 router = APIRouter(tags=["seed"])
 
+EXECUTE_POLL = 0.2
+"""Seconds between looks at a job ``POST /execute`` waits for."""
 SETUP_GRACE = 300.0
 """Seconds ``/execute`` waits past the job's own time limit (queueing, checkout, commit) before answering."""
 
@@ -56,13 +58,22 @@ def execute_response(job: Job) -> ExecuteResponse:
 
 
 @router.post("/execute", dependencies=[SecretRequired])
-def execute(body: ExecuteRequest, request: Request) -> ExecuteResponse:
-    """Run the prompt against the repository with the Claude Code agent and answer when the job ends."""
-    from corral.jobs.models import JobOptions
+async def execute(body: ExecuteRequest, request: Request) -> ExecuteResponse:
+    """Run the prompt against the repository with the Claude Code agent and answer when the job ends.
+
+    The wait is a poll on the event loop, not a blocked worker thread: many callers may wait at once.
+    """
+    import anyio
+
+    from corral.jobs.models import ENDED, JobOptions
 
     service = service_of(request)
     timeout = body.timeout_ms / 1000 if body.timeout_ms is not None else None
-    job = service.pool.submit(body.prompt, body.repo_url, options=JobOptions(timeout=timeout))
+    options = JobOptions(timeout=timeout)
+    job = await anyio.to_thread.run_sync(lambda: service.pool.submit(body.prompt, body.repo_url, options=options))
     limit = timeout or service.settings.job_timeout
-    job = service.pool.wait(job.id, timeout=None if limit is None else limit + SETUP_GRACE)
+    deadline = None if limit is None else anyio.current_time() + limit + SETUP_GRACE
+    while job.state not in ENDED and (deadline is None or anyio.current_time() < deadline):
+        await anyio.sleep(EXECUTE_POLL)
+        job = await anyio.to_thread.run_sync(service.pool.wait, job.id, 0.0)
     return execute_response(job)
