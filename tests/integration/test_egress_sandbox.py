@@ -285,7 +285,7 @@ def _npm_package(name: str, version: str) -> bytes:
 
 
 class _Registry(http.server.BaseHTTPRequestHandler):
-    """A stand-in for registry.npmjs.org serving one package: its packument and its tarball."""
+    """A stand-in for the npm registry serving one package: its packument and its tarball."""
 
     files: dict[str, bytes]
     requests: list[str]
