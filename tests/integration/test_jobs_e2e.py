@@ -25,6 +25,7 @@ from corral.runner.job import JobRunner, Listener
 from corral.settings import Settings
 from tests.claude import claude_bin
 from tests.gitserver import git, make_repo
+from tests.security.attack import sandbox_processes
 from tests.standin_api import StandinAPI
 from tests.tools import require, require_root
 
@@ -177,8 +178,8 @@ def test_a_cancelled_job_leaves_no_process_behind(runner: JobRunner, store: JobS
     assert ended.state is JobState.CANCELLED
     assert ended_by(ended) == "cancelled"
     assert any(e.kind == "agent" for e in store.events(job.id))  # the log is kept
-    leftover = subprocess.run(["pgrep", "-f", "sleep 120"], capture_output=True, text=True, check=False).stdout
-    assert leftover.strip() == ""
+    # no process of any sandbox uid is left (the agent and its `sleep` ran as one), whatever else the host runs
+    assert sandbox_processes(runner.settings) == {}
 
 
 def test_two_jobs_on_the_same_repo_at_once_both_succeed(runner: JobRunner, origin: Path) -> None:
