@@ -26,6 +26,7 @@ __all__ = [
     "Series",
     "Target",
     "check_command",
+    "check_commands",
     "environ_without",
     "fmt_ms",
     "interleaved",
@@ -246,6 +247,17 @@ def _process_runner(command: Sequence[str], env: Mapping[str, str] | None, cwd: 
         )
 
     return run
+
+
+def check_commands(
+    commands: Mapping[str, Sequence[str]], *, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> str | None:
+    """Run each command once (this also fills caches); what went wrong with the first that failed, by label."""
+    for label, command in commands.items():
+        problem = check_command(command, env=env, cwd=cwd)
+        if problem is not None:
+            return f"{label}: {problem}"
+    return None
 
 
 def check_command(

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks import BARE_BWRAP, REPO
-from benchmarks._stats import Budget, Result, Series, Target, check_command, environ_without, fmt_ms, time_commands
+from benchmarks._stats import Budget, Result, Series, Target, check_commands, environ_without, fmt_ms, time_commands
 
 NAME = "cli_start"
 TITLE = "`corral sandbox run -- true` as a whole process"
@@ -75,11 +75,9 @@ def run(budget: Budget) -> Result:
         "bare bwrap (process)": list(BARE_BWRAP),
     }
     with cli_environment() as env, tempfile.TemporaryDirectory(prefix="corral-bench-cwd-") as cwd:
-        for command in commands.values():  # also fills the seccomp cache and writes the .pyc files
-            problem = check_command(command, env=env, cwd=Path(cwd))
-            if problem is not None:
-                result.error = problem
-                return result
+        result.error = check_commands(commands, env=env, cwd=Path(cwd))  # also fills the seccomp cache and the .pyc
+        if result.error is not None:
+            return result
         times, how = time_commands(commands, budget, env=env, cwd=Path(cwd))
     series = {label: Series(label, values) for label, values in times.items()}
     result.series = list(series.values())

@@ -32,7 +32,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from benchmarks import REPO
-from benchmarks._stats import Budget, Result, Series, check_command, fmt_ms, time_commands
+from benchmarks._stats import Budget, Result, Series, check_command, check_commands, fmt_ms, time_commands
 from benchmarks.cli_start import cli_environment, corral_script
 
 NAME = "srt"
@@ -196,11 +196,9 @@ def run(budget: Budget) -> Result:
             SRT_GET: srt_get(),
             CURL: curl("--noproxy", "*"),
         }
-        for label, command in commands.items():
-            problem = check_command(command, env=env, cwd=workspace)
-            if problem is not None:
-                result.error = f"{label}: {problem}"
-                return result
+        result.error = check_commands(commands, env=env, cwd=workspace)
+        if result.error is not None:
+            return result
         status = ("-w", "%{http_code}")
         bypass = ("--noproxy", "*")
         for label, make in ((CORRAL_GET, corral_get), (SRT_GET, srt_get)):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from benchmarks._stats import Budget, Result, Series, Target, check_command, time_commands
+from benchmarks._stats import Budget, Result, Series, Target, check_commands, time_commands
 from benchmarks.cli_start import cli_environment, corral_script, script_interpreter
 
 NAME = "start_dry_run"
@@ -43,11 +43,9 @@ def run(budget: Budget) -> Result:
     }
     with cli_environment() as env, tempfile.TemporaryDirectory(prefix="corral-bench-start-") as cwd:
         (Path(cwd) / "corral.toml").write_text(MANIFEST)
-        for command in commands.values():
-            problem = check_command(command, env=env, cwd=Path(cwd))
-            if problem is not None:
-                result.error = problem
-                return result
+        result.error = check_commands(commands, env=env, cwd=Path(cwd))
+        if result.error is not None:
+            return result
         times, how = time_commands(commands, budget, env=env, cwd=Path(cwd))
     series = {label: Series(label, values) for label, values in times.items()}
     result.series = list(series.values())

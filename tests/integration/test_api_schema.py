@@ -20,16 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import schemathesis  # a test dependency (pyproject's test extras): missing, it fails, never skips
+from fastapi import FastAPI
+from hypothesis import HealthCheck, Phase, settings
 
-schemathesis = pytest.importorskip("schemathesis")
-
-from fastapi import FastAPI  # noqa: E402
-from hypothesis import HealthCheck, Phase, settings  # noqa: E402
-
-from corral.api.app import create_app  # noqa: E402
-from corral.jobs.store import open_store  # noqa: E402
-from corral.settings import Settings  # noqa: E402
-from tests.fake_pool import FakePool  # noqa: E402
+from corral.api.app import create_app
+from corral.jobs.store import open_store
+from corral.settings import Settings
+from tests.fake_pool import FakePool
 
 SECRET = "schema-test-secret-0123456789"
 EXAMPLES = 25
