@@ -5,13 +5,14 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := bubblewrap socat git curl iproute2 util-linux hyperfine libseccomp2 procps jq tmux wrk
+APT_PACKAGES := bubblewrap socat git curl iproute2 util-linux hyperfine libseccomp2 procps jq tmux wrk \
+	docker.io runsc debootstrap
 # The Claude Code CLI that jobs run, pinned: tool names and startup calls change between releases.
 CLAUDE_VERSION := 2.1.197
 CLAUDE_DIR := tools/claude-code
 CLAUDE := $(CLAUDE_DIR)/node_modules/.bin/claude
 
-.PHONY: setup system venv claude run test test-unit test-security lint bench clean
+.PHONY: setup system venv claude engine run test test-unit test-security lint bench clean
 
 setup: system venv claude
 
@@ -37,6 +38,10 @@ claude:
 		npm install --prefix $(CLAUDE_DIR) --no-audit --no-fund --loglevel=error @anthropic-ai/claude-code@$(CLAUDE_VERSION)
 	@$(CLAUDE) --version | grep -q '^$(CLAUDE_VERSION) ' || { echo "the Claude Code CLI $(CLAUDE_VERSION) did not install into $(CLAUDE_DIR)"; exit 1; }
 
+# The container engine of the tests and benchmarks: a private dockerd and corral's sandbox image.
+engine: system
+	bash scripts/engine.sh image
+
 run: setup
 	$(VENV)/bin/corral doctor
 	@echo "corral serve: the runner service on http://127.0.0.1:8080 (Ctrl-C drains and stops it)."
@@ -45,13 +50,13 @@ run: setup
 	@echo "  then: $(VENV)/bin/corral jobs list (with CORRAL_URL=http://127.0.0.1:8080), docs/api.md has the rest"
 	$(VENV)/bin/corral serve --host 127.0.0.1 --port 8080
 
-test: setup
+test: setup engine
 	$(VENV)/bin/pytest
 
 test-unit: setup
 	$(VENV)/bin/pytest tests/unit
 
-test-security: setup
+test-security: setup engine
 	$(VENV)/bin/pytest tests/security
 
 lint: setup
@@ -59,7 +64,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
 
-bench: setup
+bench: setup engine
 	$(PY) -m compileall -q src
 	$(PY) -m benchmarks
 

@@ -24,6 +24,7 @@ DEFAULT = (
     "job_overhead",
     "service_health",
     "service_jobs",
+    "docker_start",
 )
 """What ``python -m benchmarks`` runs with no names."""
 ALL = (*DEFAULT, "phases")

@@ -23,6 +23,8 @@ from corral.manifest import Loaded, PromptFile, SshHost
 from corral.sandbox.spec import SANDBOX_HOME, Limits, SandboxSpec
 
 if TYPE_CHECKING:
+    from corral.sandbox.base import SandboxBackend
+    from corral.sandbox.container import Engine, Runtime
     from corral.settings import Settings
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "make_plan",
     "pick_name",
     "reap",
+    "sandbox_for",
 ]
 
 
@@ -307,14 +310,26 @@ def check_runtime(plan: Plan, which: Callable[[str], str | None]) -> None:
         raise SandboxUnavailableError(msg)
 
 
-def check_startable(plan: Plan) -> None:
-    """Refuse what this slice cannot start yet: the container backends and remote control."""
-    if plan.backend != "bwrap":
-        msg = (
-            f"The bottle {plan.bottle!r} uses the {plan.backend} backend, and the container backend is not built "
-            'yet; use backend = "bwrap" for now (--dry-run shows the plan).'
-        )
-        raise SandboxUnavailableError(msg)
+def sandbox_for(plan: Plan, settings: Settings) -> SandboxBackend:
+    """The backend the plan's bottle names: bubblewrap, or a container of its image on Docker or Podman."""
+    if plan.backend == "bwrap":
+        from corral.sandbox.bwrap import BwrapSandbox
+
+        return BwrapSandbox(settings)
+    from corral.sandbox.container import ContainerSandbox
+
+    assert plan.image is not None  # the manifest requires one for the container backends
+    engine: Engine = "podman" if plan.backend == "podman" else "docker"
+    runtime: Runtime = "runsc" if plan.runtime == "runsc" else "runc"
+    return ContainerSandbox(settings, image=plan.image, engine=engine, runtime=runtime)
+
+
+def check_startable(plan: Plan, sandbox: SandboxBackend) -> None:
+    """Refuse what cannot start here, before asking: an engine, image or runtime missing; remote control."""
+    from corral.sandbox.container import ContainerSandbox
+
+    if isinstance(sandbox, ContainerSandbox):
+        sandbox.check_engine()
     if plan.remote_control:
         msg = "--remote-control is not built yet (it needs a claude.ai login inside the sandbox); start without it."
         raise SandboxUnavailableError(msg)

@@ -20,7 +20,7 @@ import pytest
 from tests.claude import claude_bin
 from tests.gitserver import git
 from tests.standin_api import StandinAPI
-from tests.tools import require, require_root
+from tests.tools import ENGINE_HOST, ENGINE_IMAGE, require, require_engine, require_root
 
 pytestmark = pytest.mark.sandbox
 
@@ -103,6 +103,7 @@ def session_env(tmp_path: Path, api: StandinAPI) -> dict[str, str]:
         "ANTHROPIC_API_KEY": REAL_KEY,
         "CLAUDE_CODE_MAX_RETRIES": "0",
         "PYTHONPATH": str(ROOT / "src"),
+        "DOCKER_HOST": ENGINE_HOST,
     }
 
 
@@ -113,10 +114,35 @@ def launch(tmux: list[str], cwd: Path, env: dict[str, str], *args: str) -> None:
     subprocess.run([*tmux, "set-option", "-t", "s", "remain-on-exit", "on"], check=True)
 
 
-def test_interactive_session_answers_and_leaves_nothing(tmp_path: Path, api: StandinAPI, tmux: list[str]) -> None:
+BOTTLES = {"bwrap": "", "docker": f'backend = "docker"\nimage = "{ENGINE_IMAGE}"\n'}
+
+
+@pytest.fixture(params=sorted(BOTTLES))
+def bottle(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The ``[bottles.dev]`` table of each backend (docker: the tests' engine and image)."""
+    if request.param == "docker":
+        require_engine(monkeypatch)
+    return str(BOTTLES[request.param])
+
+
+def containers() -> list[str]:
+    """corral's containers in the tests' engine (each session removes its own)."""
+    listed = subprocess.run(
+        ["docker", "ps", "--all", "--filter", "label=corral.slot", "--format", "{{.Names}}"],
+        env={**os.environ, "DOCKER_HOST": ENGINE_HOST},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return listed.stdout.split()
+
+
+def test_interactive_session_answers_and_leaves_nothing(
+    tmp_path: Path, api: StandinAPI, tmux: list[str], bottle: str
+) -> None:
     project = tmp_path / "project"
     project.mkdir()
-    (project / "corral.toml").write_text('[agents.coder]\nbottle = "dev"\n\n[bottles.dev]\n')
+    (project / "corral.toml").write_text(f'[agents.coder]\nbottle = "dev"\n\n[bottles.dev]\n{bottle}')
     env = session_env(tmp_path, api)
     launch(tmux, project, env, "coder", "--yes")
     shown = wait_for(tmux, "remote control:")
@@ -133,6 +159,8 @@ def test_interactive_session_answers_and_leaves_nothing(tmp_path: Path, api: Sta
     shown = wait_for(tmux, "CORRAL-EXIT=")
     assert "CORRAL-EXIT=0" in shown
     assert_clean(home)
+    if "docker" in bottle:
+        assert containers() == []
 
 
 def test_cwd_session_keeps_a_patch_and_never_writes_the_host_tree(
@@ -164,10 +192,10 @@ def test_cwd_session_keeps_a_patch_and_never_writes_the_host_tree(
     assert_clean(Path(env["CORRAL_HOME"]))
 
 
-def test_killed_cli_is_reaped_by_the_next_start(tmp_path: Path, api: StandinAPI, tmux: list[str]) -> None:
+def test_killed_cli_is_reaped_by_the_next_start(tmp_path: Path, api: StandinAPI, tmux: list[str], bottle: str) -> None:
     project = tmp_path / "project"
     project.mkdir()
-    (project / "corral.toml").write_text('[agents.coder]\nbottle = "dev"\n\n[bottles.dev]\n')
+    (project / "corral.toml").write_text(f'[agents.coder]\nbottle = "dev"\n\n[bottles.dev]\n{bottle}')
     env = session_env(tmp_path, api)
     launch(tmux, project, env, "coder", "--yes")
     wait_for(tmux, "bypass permissions on")
@@ -177,6 +205,8 @@ def test_killed_cli_is_reaped_by_the_next_start(tmp_path: Path, api: StandinAPI,
     os.kill(pid, 9)
     wait_for(tmux, "CORRAL-EXIT=")
     assert (home / "sessions" / "coder").is_dir()  # a leftover, its lock free
+    if "docker" in bottle:
+        assert containers() != []  # the engine keeps it running: only the next start can remove it
     done = subprocess.run(
         [*start_argv("coder", "--dry-run")], cwd=project, env={**os.environ, **env}, capture_output=True, text=True
     )
@@ -193,3 +223,5 @@ def test_killed_cli_is_reaped_by_the_next_start(tmp_path: Path, api: StandinAPI,
     )
     assert "Not launched." in done.stdout  # no terminal to ask on: not launched, but leftovers reaped
     assert_clean(home)
+    if "docker" in bottle:
+        assert containers() == []

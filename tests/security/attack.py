@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from corral.sandbox.bwrap import BwrapSandbox
+from corral.sandbox.base import SandboxBackend
 from corral.sandbox.cgroups import CgroupDriver
 from corral.sandbox.process import Supervised
 from corral.sandbox.spec import Limits, RunResult, SandboxSpec
@@ -84,8 +84,19 @@ def outcome(call):
 class Attacker:
     """Runs attack commands in ``sandbox`` with ``workspace`` as the writable tree."""
 
-    sandbox: BwrapSandbox
+    sandbox: SandboxBackend
     workspace: Path
+
+    @property
+    def backend(self) -> str:
+        """``bwrap`` or ``docker``: the backend the attacks run on."""
+        from corral.sandbox.container import ContainerSandbox
+
+        return "docker" if isinstance(self.sandbox, ContainerSandbox) else "bwrap"
+
+    def on(self, *, bwrap: Any, docker: Any) -> Any:
+        """The value given for this attacker's backend: where the same attack fails another way there."""
+        return docker if self.backend == "docker" else bwrap
 
     def run(self, *command: str, on_start: Callable[[Supervised], None] | None = None, **fields: Any) -> RunResult:
         """Run ``command``; ``fields`` are ``SandboxSpec`` fields (limits default to ``DEFAULT_LIMITS``)."""

@@ -1,7 +1,13 @@
-"""Fixtures of the escape tests: an attacker, and a check that no run leaves anything behind."""
+"""Fixtures of the escape tests: an attacker on every backend, and a check that no run leaves anything behind.
+
+Every test that uses the ``sandbox`` (or the ``attacker``) runs once per backend: bubblewrap, and
+Docker with the tests' engine. A test about one backend's own machinery says so with
+``@pytest.mark.backends("bwrap")``.
+"""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,39 +15,80 @@ from typing import Any
 
 import pytest
 
+from corral.sandbox.base import SandboxBackend
 from corral.sandbox.bwrap import BwrapSandbox
+from corral.sandbox.container import LABEL, ContainerSandbox
 from corral.sandbox.spec import RunResult
 from corral.settings import Settings
 from tests.security.attack import Attacker, host_mounts, leftovers
+from tests.tools import ENGINE_IMAGE, require, require_engine
 
+BACKENDS = ("bwrap", "docker")
 LEFTOVER_GRACE = 3.0
 """Seconds a killed tree may take to disappear (die-with-parent is asynchronous)."""
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("backends")
+        metafunc.parametrize("backend", marker.args if marker else BACKENDS)
+
+
 @pytest.fixture
-def attacker(sandbox: BwrapSandbox, workspace: Path) -> Attacker:
+def sandbox(backend: str, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> SandboxBackend:
+    if backend in ("docker", "runsc"):
+        require_engine(monkeypatch)
+        return ContainerSandbox(settings, image=ENGINE_IMAGE, runtime="runsc" if backend == "runsc" else "runc")
+    require("bwrap")
+    return BwrapSandbox(settings)
+
+
+@pytest.fixture
+def attacker(sandbox: SandboxBackend, workspace: Path) -> Attacker:
     return Attacker(sandbox, workspace)
 
 
 @pytest.fixture(autouse=True)
-def nothing_left_behind(sandbox: BwrapSandbox, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """After every attack: no process or cgroup of the slots its sandboxes ran in, and no new host mount.
+def nothing_left_behind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """After every attack: no process, cgroup or container of the slots its sandboxes ran in, and no new host mount.
 
     Only this test's slots are looked at, so that sandboxes other test runs start meanwhile do not count.
     """
+    if "sandbox" not in request.fixturenames:
+        yield
+        return
+    settings: Settings = request.getfixturevalue("settings")
+    docker = request.getfixturevalue("backend") != "bwrap"
     used: set[int] = set()
-    run = BwrapSandbox.run
-
-    def recording_run(self: BwrapSandbox, *args: Any, **kwargs: Any) -> RunResult:
-        result = run(self, *args, **kwargs)
-        used.add(int(result.sandbox_id.removeprefix("s")))
-        return result
-
-    monkeypatch.setattr(BwrapSandbox, "run", recording_run)
+    for backend in (BwrapSandbox, ContainerSandbox):
+        monkeypatch.setattr(backend, "run", _recording(backend.run, used))
     mounts = host_mounts()
     yield
+    driver = BwrapSandbox(settings).driver
     deadline = time.monotonic() + LEFTOVER_GRACE
-    while (left := leftovers(settings, sandbox.driver, used)) and time.monotonic() < deadline:
+    while (
+        left := leftovers(settings, driver, used) | (_containers(used) if docker else set())
+    ) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert left == set(), f"left behind on the host: {sorted(left)}"
     assert host_mounts() - mounts == set()
+
+
+def _recording(run: Any, used: set[int]) -> Any:
+    def recording_run(self: Any, *args: Any, **kwargs: Any) -> RunResult:
+        result: RunResult = run(self, *args, **kwargs)
+        used.add(int(result.sandbox_id.removeprefix("s")))
+        return result
+
+    return recording_run
+
+
+def _containers(slots: set[int]) -> set[str]:
+    """Containers of the given slots that still exist (each run removes its own)."""
+    if not slots:
+        return set()
+    filters = [arg for slot in sorted(slots) for arg in ("--filter", f"label={LABEL}=s{slot}")]
+    listed = subprocess.run(
+        ["docker", "ps", "--all", "--format", "{{.Names}}", *filters], capture_output=True, text=True, check=True
+    )
+    return {f"container {name}" for name in listed.stdout.split()}

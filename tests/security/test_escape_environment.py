@@ -26,9 +26,9 @@ def test_host_environment_is_not_in_any_process(attacker: Attacker, monkeypatch:
         environs = {p: open(f'/proc/{p}/environ', 'rb').read().decode() for p in os.listdir('/proc') if p.isdigit()}
     """
     result = attacker.evaluate("environs", setup=setup, env={"VISIBLE": "yes"})
-    assert sorted(result) == ["1", "2"]
+    assert len(result) == 2  # the sandbox's init and the attacker
     assert all(SECRET not in environ and "HOST_API_KEY" not in environ for environ in result.values())
-    assert "VISIBLE=yes" in result["1"].split("\0")
+    assert all("VISIBLE=yes" in environ.split("\0") for environ in result.values())
 
 
 @pytest.fixture

@@ -218,7 +218,8 @@ def test_udp_is_unreachable(attacker: Attacker, bridge: Bridge) -> None:
             *(f"socket.socket({family(t)}, socket.SOCK_DGRAM).sendto(b'x', ({t!r}, 53))" for t in targets),
             egress=door.path,
         )
-    assert outcomes == ["ENETUNREACH"] * len(targets)
+    ipv6 = attacker.on(bwrap="ENETUNREACH", docker="EADDRNOTAVAIL")  # docker turns IPv6 off: no address at all
+    assert outcomes == ["ENETUNREACH" if ":" not in t else ipv6 for t in targets]
 
 
 def test_raw_and_ping_sockets_are_denied(attacker: Attacker, bridge: Bridge) -> None:
@@ -248,7 +249,9 @@ def test_ipv6_is_unreachable(attacker: Attacker, bridge: Bridge) -> None:
             egress=door.path,
         )
         assert nothing_arrived(server)
-    assert outcomes == ["ECONNREFUSED", "ENETUNREACH", "ECONNREFUSED"]  # the relay listens on 127.0.0.1 only
+    # the relay listens on 127.0.0.1 only; docker turns IPv6 off in the container: there is not even a ::1
+    expected = attacker.on(bwrap=["ECONNREFUSED", "ENETUNREACH", "ECONNREFUSED"], docker=["EADDRNOTAVAIL"] * 3)
+    assert outcomes == expected
 
 
 def test_a_program_ignoring_the_proxy_cannot_connect(attacker: Attacker, bridge: Bridge, origins: Origins) -> None:

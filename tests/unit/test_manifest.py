@@ -9,8 +9,18 @@ import pytest
 from corral.cli.start import format_plan
 from corral.errors import SandboxUnavailableError, UsageError
 from corral.manifest import ManifestError, find_line, load_manifest, parse_manifest
+from corral.sandbox.container import ContainerSandbox
 from corral.sandbox.spec import Limits
-from corral.session import check_runtime, check_startable, interactive_argv, make_plan, pick_name, ssh_config
+from corral.session import (
+    check_runtime,
+    check_startable,
+    interactive_argv,
+    make_plan,
+    pick_name,
+    sandbox_for,
+    ssh_config,
+)
+from corral.settings import Settings
 
 FULL = """\
 [settings]
@@ -82,12 +92,13 @@ def test_plan_never_shows_env_values(project: Path, tmp_path: Path, monkeypatch:
     assert "ghp_secret_value_123" not in format_plan(plan)
 
 
-def test_container_backend_is_planned_but_not_started(project: Path, tmp_path: Path) -> None:
+def test_container_backend_is_planned_on_its_engine(project: Path, tmp_path: Path) -> None:
     plan = make_plan(load_manifest(project / "corral.toml"), "boxed", home=tmp_path, permission_mode="default")
     assert "box: docker (image debian:12, runtime runsc)" in format_plan(plan)
     check_runtime(plan, lambda _: "/usr/bin/runsc")
-    with pytest.raises(SandboxUnavailableError, match="container backend is not built yet"):
-        check_startable(plan)
+    sandbox = sandbox_for(plan, Settings(home=tmp_path))
+    assert isinstance(sandbox, ContainerSandbox)
+    assert (sandbox.engine, sandbox.image, sandbox.runtime) == ("docker", "debian:12", "runsc")
 
 
 def test_runsc_without_runsc_says_how_to_install(project: Path, tmp_path: Path) -> None:
@@ -100,6 +111,8 @@ def test_remote_control_is_explicit(project: Path, tmp_path: Path) -> None:
     loaded = load_manifest(project / "corral.toml")
     plan = make_plan(loaded, "coder", home=tmp_path, permission_mode="default", remote_control=True)
     assert "remote control: ON: the session uses your claude.ai login" in format_plan(plan)
+    with pytest.raises(SandboxUnavailableError, match=r"--remote-control is not built yet"):
+        check_startable(plan, sandbox_for(plan, Settings(home=tmp_path)))
 
 
 @pytest.mark.parametrize(

@@ -85,7 +85,7 @@ def test_compiles_to_bpf_and_caches(tmp_path: Path) -> None:
 
 def test_cache_key_follows_the_rules() -> None:
     other = (*DEFAULT_RULES, Rule("acct"))
-    assert seccomp._cache_key(other) != seccomp._cache_key(DEFAULT_RULES)
+    assert seccomp.cache_key(other) != seccomp.cache_key(DEFAULT_RULES)
 
 
 def test_threads_compiling_at_once_share_one_cache(tmp_path: Path) -> None:
@@ -94,4 +94,4 @@ def test_threads_compiling_at_once_share_one_cache(tmp_path: Path) -> None:
     with ThreadPoolExecutor(4) as pool:
         programs = list(pool.map(lambda _: seccomp.load_bpf(tmp_path), range(8)))
     assert len(set(programs)) == 1
-    assert [p.name for p in tmp_path.iterdir()] == [f"seccomp-{seccomp._cache_key(DEFAULT_RULES)}.bpf"]
+    assert [p.name for p in tmp_path.iterdir()] == [f"seccomp-{seccomp.cache_key(DEFAULT_RULES)}.bpf"]

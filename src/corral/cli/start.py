@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from corral.session import Plan
 
 if TYPE_CHECKING:
+    from corral.sandbox.base import SandboxBackend
     from corral.session import Session
     from corral.settings import Settings
 
@@ -144,17 +145,20 @@ def start(args: StartArgs, *, out: TextIO = sys.stdout, environ: Mapping[str, st
     check_runtime(plan, shutil.which)
     if args.dry_run:
         return 0
-    from corral.session import check_startable
+    from corral.session import check_startable, sandbox_for
 
-    check_startable(plan)
+    sandbox = sandbox_for(plan, settings)
+    check_startable(plan, sandbox)
+    sandbox.reap()  # a killed session's container too
     if not args.yes and not _ask("launch this agent?"):
         out.write("Not launched.\n")
         return 1
-    return _run(plan, args, settings, environ, out)
+    return _run(plan, sandbox, args, settings, environ, out)
 
 
-def _run(plan: Plan, args: StartArgs, settings: Settings, environ: Mapping[str, str], out: TextIO) -> int:
-    from corral.sandbox.bwrap import BwrapSandbox
+def _run(
+    plan: Plan, sandbox: SandboxBackend, args: StartArgs, settings: Settings, environ: Mapping[str, str], out: TextIO
+) -> int:
     from corral.session import Session, launch
     from corral.workcopy import copy_in
 
@@ -163,7 +167,7 @@ def _run(plan: Plan, args: StartArgs, settings: Settings, environ: Mapping[str, 
         plan = dataclasses.replace(plan, name=session.name, workspace=session.dirs.work)
         base = copy_in(plan.copy_from, session.dirs) if plan.copy_from is not None else None
         with launch(plan, session, settings, environ) as spec, Relay() as relay:
-            result = BwrapSandbox(settings).run(spec, tty=relay.slave, on_start=relay.started)
+            result = sandbox.run(spec, tty=relay.slave, on_start=relay.started)
         out.write(f"\r\nThe session {session.name} ended (exit {result.exit_code}).\n")
         if base is not None and plan.copy_from is not None:
             _review(session, base, plan.copy_from, args.yes, out)

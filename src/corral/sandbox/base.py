@@ -17,6 +17,10 @@ class SandboxBackend(Protocol):
     def check(self, spec: SandboxSpec) -> None:
         """Raise a ``CorralError`` if ``spec`` cannot run here; start nothing."""
 
+    def reap(self) -> list[str]:
+        """Remove what runs of killed callers left behind (in slots nobody holds); what was removed."""
+        ...
+
     def run(
         self,
         spec: SandboxSpec,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import stat
 import subprocess
 import time
@@ -24,7 +25,7 @@ from pathlib import Path
 from corral.errors import SandboxError, SandboxUnavailableError, UsageError
 from corral.sandbox import spawner
 
-__all__ = ["RELAY_PORT", "check_socket", "proxy_env", "start_relay", "wait_listening"]
+__all__ = ["RELAY_PORT", "check_socket", "proxy_env", "start_relay", "stop_relay", "wait_listening"]
 
 RELAY_PORT = 3128
 SOCAT_SPECIAL = frozenset(",:!\"'\\ \t\n{}[]")
@@ -115,3 +116,10 @@ def wait_listening(relay: subprocess.Popen[bytes], timeout: float = 5.0) -> None
             msg = f"The egress relay did not start listening within {timeout:g}s (socat exited {code})."
             raise SandboxError(msg)
         time.sleep(0.0001 if tries < 200 else 0.002)
+
+
+def stop_relay(relay: subprocess.Popen[bytes]) -> None:
+    """Kill the relay and its connections (its process group), and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(relay.pid, signal.SIGKILL)
+    relay.wait()

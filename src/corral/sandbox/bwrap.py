@@ -13,7 +13,6 @@ import functools
 import os
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ from corral.sandbox.process import OutputSink, Supervised, TailBuffer
 from corral.sandbox.spec import SANDBOX_HOME, Reason, RunResult, SandboxSpec, Violation
 from corral.settings import Settings
 
-__all__ = ["BwrapSandbox", "build_argv", "resolve_command"]
+__all__ = ["BwrapSandbox", "build_argv", "classify", "real_paths", "resolve_command", "secret_trees", "shared_trees"]
 
 OOM_EXIT = 137
 REAP_INTERVAL = 30.0
@@ -111,8 +110,12 @@ def _in_scratch(path: Path) -> bool:
     return any(path.is_relative_to(tree) for tree in SCRATCH)
 
 
-def check_files(spec: SandboxSpec) -> None:
-    """Refuse a file to place that would need a mount point on the host (inside a bound host tree)."""
+def check_files(spec: SandboxSpec, *, host_dirs: bool = True) -> None:
+    """Refuse a file to place that would need a mount point on the host (inside a bound host tree).
+
+    ``host_dirs``: the directory of a file outside the scratch trees must exist on the host (bwrap
+    shows the host's system; a container engine creates it in the image's tree instead).
+    """
     for dest in spec.files:
         if not dest.is_absolute() or ".." in dest.parts or dest.parent == Path("/"):
             msg = f"The file {dest} to place in the sandbox needs an absolute path below a directory; fix its path."
@@ -120,7 +123,7 @@ def check_files(spec: SandboxSpec) -> None:
         if any(dest.is_relative_to(tree) for tree in (spec.workspace, *spec.ro_binds)):
             msg = f"The file {dest} to place lies in a tree bound from the host; write it there instead."
             raise UsageError(msg)
-        if not _in_scratch(dest) and not dest.parent.is_dir():
+        if host_dirs and not _in_scratch(dest) and not dest.parent.is_dir():
             msg = f"The directory {dest.parent} must exist on the host to hold {dest.name} inside; create it."
             raise UsageError(msg)
 
@@ -159,19 +162,10 @@ class BwrapSandbox:
         return os.geteuid() == 0
 
     def secrets(self) -> list[Path]:
-        """What no sandbox may see: corral's home and runtime, and a Claude login adopted from elsewhere."""
-        found = [self.settings.home, self.settings.runtime]
-        if (self.settings.home / "credentials" / "claude.json").exists():
-            from corral.secrets import CredentialStore
-
-            adopted = CredentialStore(self.settings.home).adopted_dir()
-            found += [adopted] if adopted is not None else []
-        return found
+        return secret_trees(self.settings)
 
     def shared(self) -> list[Path]:
-        """The trees of corral's home that sandboxes may be given: job and session directories, git mirrors."""
-        home = Path(os.path.realpath(self.settings.home))
-        return [home / "jobs", home / "git", home / "sessions"]
+        return shared_trees(self.settings)
 
     def check(self, spec: SandboxSpec) -> None:
         """Refuse a spec that cannot run, before anything is started."""
@@ -204,7 +198,7 @@ class BwrapSandbox:
     ) -> RunResult:
         """Run ``spec`` to its end and report how it ended; ``tty``: see ``SandboxBackend.run``."""
         self.check(spec)
-        spec = _real_paths(spec)
+        spec = real_paths(spec)
         before = paths.present(spec.workspace)
         layout = paths.plan_layout(spec, self.secrets(), paths.find_protected(spec.workspace, before), self.shared())
         visible = [Path(p) for p, _ in layout.system] + [spec.workspace, *spec.ro_binds]
@@ -323,7 +317,7 @@ class BwrapSandbox:
                     os.chown(spec.egress, host_uid, host_uid)
                 relay = bridge.start_relay(spec.egress, sandbox_pid, host_uid)
                 not_the_command.add(relay.pid)
-                undo.callback(_stop, relay)
+                undo.callback(bridge.stop_relay, relay)
                 if group is not None:
                     group.join(relay.pid)
                 bridge.wait_listening(relay)
@@ -347,7 +341,24 @@ class BwrapSandbox:
         )
 
 
-def _real_paths(spec: SandboxSpec) -> SandboxSpec:
+def secret_trees(settings: Settings) -> list[Path]:
+    """What no sandbox may see: corral's home and runtime, and a Claude login adopted from elsewhere."""
+    found = [settings.home, settings.runtime]
+    if (settings.home / "credentials" / "claude.json").exists():
+        from corral.secrets import CredentialStore
+
+        adopted = CredentialStore(settings.home).adopted_dir()
+        found += [adopted] if adopted is not None else []
+    return found
+
+
+def shared_trees(settings: Settings) -> list[Path]:
+    """The trees of corral's home that sandboxes may be given: job and session directories, git mirrors."""
+    home = Path(os.path.realpath(settings.home))
+    return [home / "jobs", home / "git", home / "sessions"]
+
+
+def real_paths(spec: SandboxSpec) -> SandboxSpec:
     """The spec with every host path resolved, so links and ``..`` cannot dodge a comparison."""
 
     def real(path: Path) -> Path:
@@ -450,10 +461,23 @@ def _open_gate(gate_write: int) -> None:
         os.write(gate_write, b"1")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+def classify(code: int, killed_by: str | None, oom: bool) -> tuple[Reason, int, int | None]:
+    """How a run ended from the launcher's exit status: reason, exit code, and the signal it died of."""
+    died_of = None
+    reason: Reason
+    if code < 0:  # the launcher itself died of a signal (we killed it)
+        died_of, code = -code, 128 - code
+    elif code > 128:
+        died_of = code - 128
+    if killed_by == "timeout":
+        reason, code = "timeout", TIMEOUT_EXIT
+    elif oom:
+        reason, code = "oom", OOM_EXIT
+    elif killed_by is not None or died_of == signal.SIGKILL:
+        reason, code = "killed", OOM_EXIT
+    else:
+        reason = "exited"
+    return reason, code, died_of
 
 
 def _result(
@@ -469,20 +493,7 @@ def _result(
     violations: tuple[Violation, ...],
     sandbox_id: str,
 ) -> RunResult:
-    died_of = None
-    reason: Reason
-    if code < 0:  # bwrap itself died of a signal (we killed it)
-        died_of, code = -code, 128 - code
-    elif code > 128:
-        died_of = code - 128
-    if killed_by == "timeout":
-        reason, code = "timeout", TIMEOUT_EXIT
-    elif oom:
-        reason, code = "oom", OOM_EXIT
-    elif killed_by is not None or died_of == signal.SIGKILL:
-        reason, code = "killed", OOM_EXIT
-    else:
-        reason = "exited"
+    reason, code, died_of = classify(code, killed_by, oom)
     note = driver.note if not driver.available else ""
     if wants_limits and note:
         note = f"limits not enforced: {note}"

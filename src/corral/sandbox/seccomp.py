@@ -27,7 +27,7 @@ from typing import Literal
 
 from corral.errors import SandboxUnavailableError
 
-__all__ = ["DEFAULT_RULES", "Rule", "compile_bpf", "load_bpf"]
+__all__ = ["DEFAULT_RULES", "Rule", "cache_key", "compile_bpf", "engine_profile", "load_bpf"]
 
 Op = Literal["eq", "gt", "masked_eq"]
 
@@ -161,6 +161,31 @@ def compile_bpf(rules: tuple[Rule, ...] = DEFAULT_RULES) -> bytes:
         os.close(fd)
 
 
+ENGINE_ARCHES = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}
+ENGINE_OPS = {"eq": "SCMP_CMP_EQ", "gt": "SCMP_CMP_GT", "masked_eq": "SCMP_CMP_MASKED_EQ"}
+
+
+def engine_profile(rules: tuple[Rule, ...] = DEFAULT_RULES) -> dict[str, object]:
+    """The rules as a container engine's seccomp profile (the JSON of ``--security-opt seccomp=``).
+
+    Only the native architecture is listed, as ``compile_bpf`` does: a system call through another
+    ABI (i386, x32) fails as a foreign architecture. Several argument tests of one system call are
+    separate entries, so each is a rule of its own (in one entry they would all have to match).
+    """
+    entries: list[dict[str, object]] = []
+    for rule in rules:
+        entry: dict[str, object] = {"names": [rule.syscall], "action": "SCMP_ACT_ERRNO", "errnoRet": rule.errno}
+        if rule.arg is not None:
+            value, two = (rule.mask, rule.value) if rule.op == "masked_eq" else (rule.value, 0)
+            entry["args"] = [{"index": rule.arg, "value": value, "valueTwo": two, "op": ENGINE_OPS[rule.op]}]
+        entries.append(entry)
+    return {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": [ENGINE_ARCHES.get(os.uname().machine, "SCMP_ARCH_NATIVE")],
+        "syscalls": entries,
+    }
+
+
 class _Fd:
     def __init__(self, fd: int) -> None:
         self._fd = fd
@@ -169,14 +194,14 @@ class _Fd:
         return self._fd
 
 
-def _cache_key(rules: tuple[Rule, ...]) -> str:
+def cache_key(rules: tuple[Rule, ...]) -> str:
     text = repr((rules, os.uname().machine, os.uname().release))
     return f"{zlib.crc32(text.encode()):08x}"
 
 
 def load_bpf(cache_dir: Path, rules: tuple[Rule, ...] = DEFAULT_RULES) -> bytes:
     """The compiled filter, from the cache under ``cache_dir`` or compiled now and cached."""
-    path = cache_dir / f"seccomp-{_cache_key(rules)}.bpf"
+    path = cache_dir / f"seccomp-{cache_key(rules)}.bpf"
     try:
         return path.read_bytes()
     except FileNotFoundError:

@@ -1,0 +1,497 @@
+"""The container backend: Docker or Podman through their command line, shaped like the bubblewrap one.
+
+A run takes a slot (its host uid, as for bwrap), hands the workspace to that uid, and starts one
+``docker run`` (or ``podman run``) of the bottle's image with: no network (``--network none``),
+every capability dropped, ``no-new-privileges``, corral's seccomp rules as the engine's profile, a
+read-only root file system with tmpfs ``/tmp``, ``/run`` and home, the pids, memory and cpu
+limits, the workspace bound at its own path as the only writable tree, the protected paths bound
+read-only onto themselves and the secrets inside a bound tree masked, exactly as ``paths`` plans
+them for bwrap. ``--init`` puts a small init first, so signals reach the command and orphans are
+reaped.
+
+Egress works as with bubblewrap. Under runc the relay (socat) is started on the host, as the
+slot's uid, in the container's network namespace (found through the slot's uid, which only this
+sandbox's processes have); the proxy socket is never visible inside and AF_UNIX stays forbidden.
+gVisor (``runsc``) keeps its own network stack inside its sandbox, so there the socket is mounted
+in and socat runs inside. Either way the command waits until the relay listens.
+
+The container is named ``corral-<slot>-<random>`` and labelled with its slot, so a container a
+killed caller left behind is found and removed by the next run (its slot is free by then).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Literal
+
+from corral.errors import SandboxError, SandboxUnavailableError, UsageError
+from corral.sandbox import bridge, paths, seccomp, slots
+from corral.sandbox.bwrap import check_files as check_bwrap_files
+from corral.sandbox.bwrap import classify, real_paths, secret_trees, shared_trees
+from corral.sandbox.process import OutputSink, Supervised, TailBuffer
+from corral.sandbox.spec import SANDBOX_HOME, RunResult, SandboxSpec, Violation
+from corral.settings import Settings
+
+__all__ = ["ContainerSandbox", "Engine", "Runtime", "build_run_argv", "cli_env"]
+
+Engine = Literal["docker", "podman"]
+Runtime = Literal["runc", "runsc"]
+
+LABEL = "corral.slot"
+INSIDE_SOCKET = "/run/corral-egress.sock"
+MASK = Path("/")
+"""The key of ``files`` whose host file masks secret files: empty, mode 0, owned by root."""
+OOM_EXIT = 137
+REAP_INTERVAL = 30.0
+CLI_TIMEOUT = 60.0
+WAIT_FOR_RELAY = (
+    f'while ! grep -q " 0100007F:{bridge.RELAY_PORT:04X} 00000000:0000 0A " /proc/net/tcp; do sleep 0.005; done'
+)
+"""Shell that returns once something listens on 127.0.0.1:3128 in the container's network."""
+RELAY_INSIDE = (
+    f"socat TCP-LISTEN:{bridge.RELAY_PORT},bind=127.0.0.1,reuseaddr,fork,backlog=256 "
+    f"UNIX-CONNECT:{INSIDE_SOCKET} </dev/null >/dev/null 2>&1 &"
+)
+CLI_NAMES = frozenset({"PATH", "HOME", "TMPDIR", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME"})
+"""Variables the engine's CLI reads itself: passed with their values on its command line, never
+through its environment (names with the prefixes below too)."""
+CLI_PREFIXES = ("DOCKER_", "CONTAINER", "PODMAN_", "BUILDAH_", "REGISTRY_AUTH")
+
+
+def _cli_name(name: str) -> bool:
+    return name in CLI_NAMES or name.startswith(CLI_PREFIXES)
+
+
+def build_run_argv(
+    spec: SandboxSpec,
+    layout: paths.Layout,
+    *,
+    engine: Engine,
+    image: str,
+    runtime: Runtime,
+    name: str,
+    slot: str,
+    user: tuple[int, int],
+    profile: Path,
+    files: Mapping[Path, Path],
+    tty: bool = False,
+    interactive: bool = False,
+) -> list[str]:
+    """The complete ``docker run`` / ``podman run`` command line for ``spec`` (pure: no I/O).
+
+    ``files`` maps each file to place inside to the host file holding it, and ``MASK`` to an empty
+    file no one may open that hides a secret file inside a bound tree; ``profile`` is the
+    seccomp profile (JSON) of the engine. Environment values never appear here but for the
+    names the engine's CLI reads itself: ``-e NAME`` takes the value from the CLI's environment.
+    """
+    uid, gid = user
+    limits = spec.limits
+    argv = [engine, "run", "--name", name, "--label", f"{LABEL}={slot}", "--network", "none", "--init"]
+    argv += ["--user", f"{uid}:{gid}", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
+    argv += ["--security-opt", f"seccomp={profile}", "--read-only", "--hostname", spec.hostname]
+    argv += ["--log-driver", "none", "--pull", "never"]
+    if runtime == "runsc":
+        argv += ["--runtime", "runsc"]
+    if tty:
+        argv += ["--tty"]
+    if interactive:
+        argv += ["--interactive"]
+    if limits.memory is not None:
+        argv += ["--memory", str(limits.memory), "--memory-swap", str(limits.memory)]
+    if limits.pids is not None:
+        argv += ["--pids-limit", str(limits.pids)]
+    if limits.cpus is not None:
+        argv += ["--cpus", f"{limits.cpus:g}"]
+    scratch = "rw,nosuid,nodev,exec"
+    argv += ["--tmpfs", f"/tmp:{scratch},mode=1777", "--tmpfs", f"/run:{scratch},mode=755"]
+    argv += ["--tmpfs", f"{SANDBOX_HOME}:{scratch},mode=700,uid={uid},gid={gid}"]
+    argv += ["--mount", "type=tmpfs,destination=/sys,readonly"]  # the host's devices, cgroups and kernel knobs
+    argv += ["--sysctl", "net.ipv4.ping_group_range=1 0"]  # no unprivileged ICMP sockets (docker allows them)
+    for path in spec.ro_binds:
+        argv += ["--mount", _bind(path, path, read_only=True)]
+    argv += ["--mount", _bind(spec.workspace, spec.workspace, read_only=False)]
+    for path in layout.pinned:
+        argv += ["--mount", _bind(path, path, read_only=False)]
+    for path in layout.protected:
+        argv += ["--mount", _bind(path, path, read_only=True)]
+    for mask, is_dir in layout.masks:
+        if is_dir:
+            argv += ["--mount", f"type=tmpfs,destination={mask},readonly"]
+        else:
+            argv += ["--mount", _bind(files[MASK], mask, read_only=True)]
+    for dest, source in sorted(files.items()):
+        if dest == MASK:
+            continue
+        argv += ["--mount", _bind(source, dest, read_only=True)]
+    command = list(spec.command)
+    if spec.egress is not None:
+        if runtime == "runsc":
+            argv += ["--mount", _bind(spec.egress, Path(INSIDE_SOCKET), read_only=False)]
+            command = ["/bin/sh", "-c", f'{RELAY_INSIDE} {WAIT_FOR_RELAY}; exec "$@"', "corral-relay", *command]
+        else:
+            command = ["/bin/sh", "-c", f'{WAIT_FOR_RELAY}; exec "$@"', "corral-wait", *command]
+    for key, value in sorted(spec.full_env().items()):
+        argv += ["--env", f"{key}={value}" if _cli_name(key) else key]
+    argv += ["--workdir", str(spec.cwd or spec.workspace), image]
+    return [*argv, *command]
+
+
+def _bind(source: Path, dest: Path, *, read_only: bool) -> str:
+    for path in (source, dest):
+        if "," in str(path) or "=" in str(path):
+            msg = f"The path {path} has a ',' or '=', which the engine's --mount syntax cannot carry; rename it."
+            raise UsageError(msg)
+    return f"type=bind,source={source},destination={dest}" + (",readonly" if read_only else "")
+
+
+def cli_env(environ: Mapping[str, str], sandbox_env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The engine CLI's environment: what it reads from the host, and the values ``-e NAME`` passes on."""
+    own = {key: value for key, value in environ.items() if _cli_name(key)}
+    own.setdefault("PATH", os.defpath)
+    return {**{k: v for k, v in (sandbox_env or {}).items() if not _cli_name(k)}, **own}
+
+
+@dataclasses.dataclass
+class ContainerSandbox:
+    """Runs sandboxed commands in containers of ``image`` on the Docker or Podman engine."""
+
+    settings: Settings
+    image: str
+    engine: Engine = "docker"
+    runtime: Runtime = "runc"
+    environ: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(os.environ))
+    _checked: bool = dataclasses.field(default=False, init=False, repr=False)
+    _reaped_at: float = dataclasses.field(default=-REAP_INTERVAL, init=False, repr=False)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run the engine's CLI with ``args``; a failure raises ``SandboxError`` with its message."""
+        try:
+            done = subprocess.run(
+                [self.engine, *args],
+                env=cli_env(self.environ),
+                capture_output=True,
+                text=True,
+                timeout=CLI_TIMEOUT,
+                check=False,
+            )
+        except FileNotFoundError:
+            msg = (
+                f"The {self.engine} command is not installed; install it (apt-get install --no-install-recommends "
+                f"{'docker.io' if self.engine == 'docker' else 'podman'}) or use the bwrap backend."
+            )
+            raise SandboxUnavailableError(msg) from None
+        except subprocess.TimeoutExpired:
+            msg = f"{self.engine} {args[0]} did not answer within {CLI_TIMEOUT:g}s; check that its engine runs."
+            raise SandboxUnavailableError(msg) from None
+        if check and done.returncode != 0:
+            msg = f"{self.engine} {args[0]} failed: {done.stderr.strip() or done.returncode}."
+            raise SandboxError(msg)
+        return done
+
+    def check(self, spec: SandboxSpec) -> None:
+        """Refuse what cannot run: no engine, no image, the runtime not registered, a bad spec."""
+        if not spec.command:
+            msg = "No command was given to run in the sandbox; put it after --, as in: corral sandbox run -- ls -la."
+            raise UsageError(msg)
+        if spec.egress is not None:
+            bridge.check_socket(spec.egress)
+        check_bwrap_files(spec, host_dirs=False)
+        if not self._checked:
+            self.check_engine()
+            self._checked = True
+
+    def check_engine(self) -> None:
+        """Check that the engine answers, has the image, and knows the runtime; start nothing."""
+        version = self.cli("version", "--format", "{{.Server.Version}}", check=False)
+        if version.returncode != 0:
+            msg = (
+                f"The {self.engine} engine does not answer ({version.stderr.strip()}); start it, or point "
+                f"{'DOCKER_HOST' if self.engine == 'docker' else 'CONTAINER_HOST'} at it."
+            )
+            raise SandboxUnavailableError(msg)
+        if self.cli("image", "inspect", "--format", "{{.Id}}", self.image, check=False).returncode != 0:
+            msg = (
+                f"The image {self.image!r} is not in the {self.engine} engine; pull or build it first "
+                f"(scripts/engine.sh image builds corral's)."
+            )
+            raise SandboxUnavailableError(msg)
+        if self.runtime == "runsc" and not self.runtime_registered("runsc"):
+            msg = (
+                f"The gVisor runtime runsc is not registered with the {self.engine} engine; install it "
+                "(https://gvisor.dev/docs/user_guide/install/) and register it, or use the runc runtime."
+            )
+            raise SandboxUnavailableError(msg)
+
+    def runtime_registered(self, runtime: str) -> bool:
+        """Whether the engine knows ``runtime`` (Docker lists its runtimes; Podman takes any on PATH)."""
+        if self.engine == "podman":
+            import shutil
+
+            return shutil.which(runtime) is not None
+        done = self.cli("info", "--format", "{{json .Runtimes}}", check=False)
+        try:
+            return done.returncode == 0 and runtime in json.loads(done.stdout or "{}")
+        except ValueError:
+            return False
+
+    def run(
+        self,
+        spec: SandboxSpec,
+        *,
+        on_output: OutputSink | None = None,
+        stdin: int | None = None,
+        on_start: Callable[[Supervised], None] | None = None,
+        tty: int | None = None,
+    ) -> RunResult:
+        """Run ``spec`` to its end in a fresh container; see ``SandboxBackend.run``."""
+        self.check(spec)
+        spec = real_paths(spec)
+        before = paths.present(spec.workspace)
+        layout = paths.plan_layout(
+            spec,
+            secret_trees(self.settings),
+            paths.find_protected(spec.workspace, before),
+            shared_trees(self.settings),
+        )
+        if time.monotonic() - self._reaped_at > REAP_INTERVAL:
+            self.reap()
+        slot = slots.acquire(self.settings.runtime, self.settings.sandbox_slots)
+        try:
+            if slot.recorded:
+                self._reap_slot(slot)
+            return self._run_in_slot(spec, layout, before, slot, on_output, stdin, on_start, tty)
+        finally:
+            slot.release()
+
+    def reap(self) -> list[str]:
+        """Remove the containers (and ownership) callers left behind in slots nobody holds now."""
+        self._reaped_at = time.monotonic()
+        listed = self.cli("ps", "--all", "--filter", f"label={LABEL}", "--format", f'{{{{.Label "{LABEL}"}}}}')
+        found = {slots.check_index(name) for name in listed.stdout.split()}
+        base = self.settings.sandbox_uid_base
+        found |= {uid - base for uid in _uids().values() if base <= uid < base + self.settings.sandbox_slots}
+        reaped: list[str] = []
+        for index in sorted(i for i in found if i is not None):
+            slot = slots.lock_if_free(self.settings.runtime / "slots", index)
+            if slot is not None:
+                try:
+                    reaped += self._reap_slot(slot)
+                finally:
+                    slot.release()
+        return reaped
+
+    def _reap_slot(self, slot: slots.Slot) -> list[str]:
+        listed = self.cli("ps", "--all", "--quiet", "--filter", f"label={LABEL}={slot.name}")
+        reaped = [f"container {cid}" for cid in listed.stdout.split()]
+        if reaped:
+            self.cli("rm", "--force", *listed.stdout.split(), check=False)
+        uid = self.settings.sandbox_uid_base + slot.index
+        for pid in [pid for pid, owner in _uids().items() if owner == uid]:  # a relay outlives its container
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            reaped.append(f"process {pid}")
+        _clear_files(self.settings.runtime, slot.name)
+        leftover = slots.leftover_owner(slot)
+        if leftover is not None:
+            slots.restore_owner(*leftover)
+            reaped.append(f"ownership of {leftover[0]}")
+        return reaped
+
+    def _run_in_slot(
+        self,
+        spec: SandboxSpec,
+        layout: paths.Layout,
+        before: frozenset[Path],
+        slot: slots.Slot,
+        on_output: OutputSink | None,
+        stdin: int | None,
+        on_start: Callable[[Supervised], None] | None,
+        tty: int | None,
+    ) -> RunResult:
+        is_root = os.geteuid() == 0
+        host_uid = self.settings.sandbox_uid_base + slot.index if is_root else None
+        user = (host_uid, host_uid) if host_uid is not None else (spec.uid, spec.gid)
+        name = f"corral-{slot.name}-{secrets.token_hex(4)}"
+        with contextlib.ExitStack() as undo:
+            slot.record(container=name, engine=self.engine)
+            undo.callback(self._remove, name)
+            if host_uid is not None:
+                owner = slots.take_owner(slot, spec.workspace, host_uid)
+                undo.callback(slots.restore_owner, spec.workspace, host_uid, owner)
+            files = _stage_files(self.settings.runtime, slot.name, spec.files, mask=bool(layout.masks))
+            undo.callback(_clear_files, self.settings.runtime, slot.name)
+            if spec.egress is not None and host_uid is not None:
+                os.chown(spec.egress, host_uid, host_uid)
+            argv = build_run_argv(
+                spec,
+                layout,
+                engine=self.engine,
+                image=self.image,
+                runtime=self.runtime,
+                name=name,
+                slot=slot.name,
+                user=user,
+                profile=_profile(self.settings.home / "cache"),
+                files=files,
+                tty=tty is not None,
+                interactive=tty is not None or stdin is not None,
+            )
+            proc = Supervised(
+                argv,
+                env=cli_env(self.environ, spec.full_env()),
+                stdin=stdin,
+                kill_tree=functools.partial(self._signal, name, 9),
+                tty=tty,
+            )
+            undo.callback(proc.abort)
+            if spec.egress is not None and self.runtime == "runc":
+                if host_uid is None:
+                    msg = "Network egress for a container needs corral to run as root here; run as root."
+                    raise SandboxUnavailableError(msg)
+                relay = bridge.start_relay(spec.egress, _first_process(host_uid, proc), host_uid)
+                undo.callback(bridge.stop_relay, relay)
+                bridge.wait_listening(relay)
+            proc.signal_tree = self._signaller(name, proc)
+            if on_start is not None:
+                on_start(proc)
+            out, err = TailBuffer(self.settings.output_limit), TailBuffer(self.settings.output_limit)
+            code = proc.pump(out, err, on_output, spec.limits.timeout)
+            duration = time.monotonic() - proc.started
+            oom = code == OOM_EXIT and self._oom_killed(name)
+        created = paths.remove_created(spec.workspace, before)
+        violations = tuple(
+            Violation("protected-path", str(p), "created inside the sandbox; removed after the run") for p in created
+        )
+        return _result(code, proc.killed_by, oom, duration, out, err, violations, slot.name)
+
+    def _signal(self, name: str, signum: int) -> None:
+        self.cli("kill", "--signal", str(signum), name, check=False)
+
+    def _signaller(self, name: str, proc: Supervised) -> Callable[[int], None]:
+        """Signals the container's command; a new window size goes to the engine's CLI, which resizes its tty."""
+
+        def send(signum: int) -> None:
+            if signum == signal.SIGWINCH:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signum)
+            else:
+                self._signal(name, signum)
+
+        return send
+
+    def _oom_killed(self, name: str) -> bool:
+        done = self.cli("inspect", "--format", "{{.State.OOMKilled}}", name, check=False)
+        return done.stdout.strip() == "true"
+
+    def _remove(self, name: str) -> None:
+        self.cli("rm", "--force", name, check=False)
+
+
+def _uids() -> dict[int, int]:
+    """Every host process and its real uid."""
+    found = {}
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    found[int(entry.name)] = entry.stat().st_uid
+    return found
+
+
+def _first_process(uid: int, proc: Supervised, timeout: float = 30.0) -> int:
+    """The host pid of a process of the container: the only processes running as the slot's ``uid``."""
+    own = Path("/proc/self/ns/net").stat().st_ino
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with os.scandir("/proc") as entries:
+            for entry in entries:
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    if entry.stat().st_uid == uid and Path(f"/proc/{entry.name}/ns/net").stat().st_ino != own:
+                        return int(entry.name)
+                except OSError:
+                    continue
+        if proc.popen.poll() is not None:
+            break
+        time.sleep(0.002)
+    msg = "The container did not start (its engine reported no process for it); see the output above."
+    raise SandboxError(msg)
+
+
+def _files_dir(runtime: Path, slot_name: str) -> Path:
+    return runtime / "container-files" / slot_name
+
+
+def _stage_files(runtime: Path, slot_name: str, files: Mapping[Path, bytes], *, mask: bool) -> dict[Path, Path]:
+    """Write each file to place (and the mask, if needed) into the slot's private directory."""
+    if not files and not mask:
+        return {}
+    directory = _files_dir(runtime, slot_name)
+    _clear_files(runtime, slot_name)
+    directory.mkdir(parents=True, mode=0o700)
+    staged = {}
+    for number, (dest, data) in enumerate(sorted(files.items())):
+        source = directory / f"{number}-{dest.name}"
+        source.write_bytes(data)
+        source.chmod(0o444)
+        staged[dest] = source
+    if mask:
+        staged[MASK] = directory / "mask"
+        staged[MASK].touch(mode=0o000)
+    return staged
+
+
+def _clear_files(runtime: Path, slot_name: str) -> None:
+    import shutil
+
+    shutil.rmtree(_files_dir(runtime, slot_name), ignore_errors=True)
+
+
+@functools.cache
+def _profile(cache_dir: Path) -> Path:
+    """corral's seccomp rules as the engine's JSON profile, written once into the cache."""
+    text = json.dumps(seccomp.engine_profile(), indent=1, sort_keys=True)
+    path = cache_dir / f"seccomp-{seccomp.cache_key(seccomp.DEFAULT_RULES)}.json"
+    if not path.exists() or path.read_text() != text:
+        cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        part = path.with_suffix(f".{os.getpid()}.part")
+        part.write_text(text)
+        part.replace(path)
+    return path
+
+
+def _result(
+    code: int,
+    killed_by: str | None,
+    oom: bool,
+    duration: float,
+    out: TailBuffer,
+    err: TailBuffer,
+    violations: tuple[Violation, ...],
+    sandbox_id: str,
+) -> RunResult:
+    reason, code, died_of = classify(code, killed_by, oom)
+    return RunResult(
+        exit_code=code,
+        reason=reason,
+        duration=duration,
+        signal=died_of,
+        stdout=out.getvalue(),
+        stderr=err.getvalue(),
+        stdout_dropped=out.dropped,
+        stderr_dropped=err.dropped,
+        limits_enforced=True,
+        violations=violations,
+        sandbox_id=sandbox_id,
+    )
