@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from corral.errors import CorralError
 from corral.settings import Settings
@@ -109,7 +110,25 @@ def run_checks(settings: Settings) -> list[Check]:
         )
     checks.extend(_probe_sandbox(settings))
     checks.extend(_probe_bridge(settings))
+    checks.extend(_probe_engine(settings, engine) for engine in ("docker", "podman"))
     return checks
+
+
+def _probe_engine(settings: Settings, engine: Literal["docker", "podman"]) -> Check:
+    """Whether a container engine answers, for bottles with that backend (never required)."""
+    name = f"{engine} engine"
+    package = "docker.io" if engine == "docker" else "podman"
+    if shutil.which(engine) is None:
+        return Check(name, False, f"{engine} not found on PATH", f"apt-get install {package} (for bottles)", False)
+    from corral.sandbox.container import ContainerSandbox
+
+    sandbox = ContainerSandbox(settings, image="-", engine=engine)
+    version = sandbox.cli("version", "--format", "{{.Server.Version}}", check=False)
+    if version.returncode != 0:
+        where = "DOCKER_HOST" if engine == "docker" else "CONTAINER_HOST"
+        return Check(name, False, "the engine does not answer", f"start it, or point {where} at it", False)
+    gvisor = "runsc registered" if sandbox.runtime_registered("runsc") else "no runsc (gVisor)"
+    return Check(name, True, f"server {version.stdout.strip()}; {gvisor}", required=False)
 
 
 def _probe_bridge(settings: Settings) -> list[Check]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from corral.settings import Settings
 from tests.tools import require, require_root
 
 pytestmark = pytest.mark.sandbox
@@ -187,3 +188,24 @@ def test_version(home: Path) -> None:
     from corral import __version__
 
     assert corral("version", home=home).stdout.strip() == __version__
+
+
+def test_doctor_reports_the_container_engine(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container engine is never required: doctor says whether it answers and whether gVisor is there."""
+    from corral.doctor import _probe_engine
+    from tests.tools import require_engine
+
+    require_engine(monkeypatch)
+    check = _probe_engine(settings, "docker")
+    assert (check.ok, check.required) == (True, False)
+    assert check.detail.startswith("server ")
+    assert check.detail.endswith("; runsc registered")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/nothing.sock")
+    check = _probe_engine(settings, "docker")
+    assert (check.ok, check.detail, check.remedy) == (
+        False,
+        "the engine does not answer",
+        "start it, or point DOCKER_HOST at it",
+    )
