@@ -12,6 +12,14 @@ branches as ``refs/remotes/origin/*`` and its tags, then branch ``corral/<job-id
 The sandbox must see ``Checkout.mirror`` read-only. Mirrors run with ``gc.auto=0``: a checkout's
 base objects live only there, so they are never pruned.
 
+As root, a checkout writes none of the commit's files: it is an overlay (``gitlayers``) of a tree
+prepared once per commit under ``root/trees`` (``gittrees``), with the job's ``.git`` and changes
+in the checkout directory itself, which is the overlay's upper layer; ``.git/index`` starts as a
+copy of the tree's ready index, so git re-hashes nothing. ``attach`` and ``detach`` mount and
+unmount it around each use, ``reap`` unmounts what a killed runner left, ``remove`` unmounts
+first. Where an overlay cannot be mounted (not root, or a file system that refuses it) the
+checkout is a plain one as above; ``Checkout.overlay`` says which, ``fallback`` why.
+
 Credentials: an ``https://user:token@host/...`` URL is accepted; git sees it without the
 userinfo (the mirror's config and the checkout's ``origin`` never hold it) and gets the user and
 token through ``GIT_ASKPASS`` for that one command. Every message masks URLs.
@@ -35,7 +43,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +64,8 @@ from corral.gitcmd import (
     run,
     untrusted_config,
 )
+from corral.gitlayers import Layers
+from corral.gittrees import Tree, TreeCache
 from corral.secrets import Secret
 
 __all__ = ["Checkout", "Diff", "GitCache", "check_ref", "check_url", "mask_url"]
@@ -79,6 +89,8 @@ class Checkout:
     branch: str
     base: str
     mirror: Path
+    overlay: bool = False
+    """Whether it was made as an overlay of a prepared tree (else every file was written)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,15 +111,24 @@ class GitCache:
         allow_local: bool = False,
         author: str = "corral <corral@localhost>",
         refresh_interval: float = 0.0,
+        overlay: bool = True,
     ) -> None:
         self.root = root.absolute()
         self.allow_local = allow_local
         self.author = author
         self.refresh_interval = refresh_interval
         """Seconds a fetched mirror is used without fetching again; 0 fetches before every checkout."""
+        self.overlay = overlay
+        """Whether to make overlay checkouts where they can be mounted; ``False`` writes every file."""
+        self.fallback: str | None = None if overlay else "overlay checkouts are turned off"
+        """Why the last checkout was a plain one; ``None`` after an overlay checkout."""
+        self.trees = TreeCache(self.root / "trees")
+        self.layers = Layers(self.root / "layers", self.trees)
         self._lock = threading.Lock()
         self._seen: dict[tuple[Path, str, str], str] = {}
         """Per mirror and fetch (the stamp's mtime): the commits refs resolve to, and the listed refs."""
+        self._trusted: set[bytes] = set()
+        """Checkout configs (their bytes) that passed an inspection: the same bytes pass without asking git."""
         name, email = parse_author(author)
         self._identity = {
             "GIT_AUTHOR_NAME": name,
@@ -136,6 +157,7 @@ class GitCache:
             raise WorkspaceError(msg)
         mirror, fetched = self._refresh(remote)
         created = not dest.exists()
+        tree: Tree | None = None
         try:
             with _locked(mirror, exclusive=False):
                 base = self._resolve(mirror, ref, remote, final=fetched)
@@ -145,12 +167,40 @@ class GitCache:
                 if base is None:
                     base = self._resolve(mirror, ref, remote, final=True)
                 assert base is not None
+                if self.overlay:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    self.fallback = self.layers.why_not(dest)
+                    if self.fallback is None:
+                        tree = self.layers.create(dest, mirror, base)
+                if tree is None and self.layers.find(dest) is not None:
+                    self.layers.forget(dest)  # a note left by a checkout once here must not mount over this one
                 self._init(dest, mirror, remote)
-            self._git(["checkout", "--quiet", "-b", branch, base], what=f"checking out {base} at {dest}", repo=dest)
+            if tree is None:
+                what = f"checking out {base} at {dest}"
+                self._git(["checkout", "--quiet", "-b", branch, base], what=what, repo=dest)
+            else:
+                _start_branch(dest / ".git", branch, base, tree.index)
         except BaseException:
+            if tree is not None:
+                self.layers.forget(dest)
             _discard(dest, created=created)
             raise
-        return Checkout(dest, branch, base, mirror)
+        return Checkout(dest, branch, base, mirror, overlay=tree is not None)
+
+    def attach(self, path: Path) -> bool:
+        """Mount the overlay checkout at ``path`` again if it is not mounted; whether it is an overlay one.
+
+        Its tree is built again first if it was evicted. A plain checkout needs nothing: ``False``.
+        """
+        return self.layers.attach(path.absolute())
+
+    def detach(self, path: Path) -> bool:
+        """Unmount the overlay checkout at ``path`` (its changes stay in ``path``); whether it was mounted."""
+        return self.layers.detach(path.absolute())
+
+    def reap(self, keep: Collection[Path] = ()) -> list[Path]:
+        """Unmount every overlay checkout of this cache but those at ``keep``; the paths unmounted."""
+        return self.layers.reap(keep)
 
     def _init(self, dest: Path, mirror: Path, remote: Remote) -> None:
         """What ``clone --shared --no-checkout`` of ``mirror`` writes, with ``origin`` at ``remote.url``."""
@@ -179,7 +229,7 @@ class GitCache:
         kept as it is), so the branch always ends with what the agent left. What git wrote in
         ``.git`` is then given to the checkout's owner, so the sandbox's uid can go on working.
         """
-        self._inspect(checkout)
+        self._inspect(checkout, tree=True)
         try:
             return self._commit(checkout, message)
         finally:
@@ -209,7 +259,7 @@ class GitCache:
     def finish(self, checkout: Checkout, message: str) -> tuple[str | None, Diff]:
         """``commit`` then ``diff``, with one inspection, and neither when ``git status`` shows HEAD on
         the job branch at ``base`` and nothing changed: ``(None, an empty Diff)``."""
-        self._inspect(checkout)
+        self._inspect(checkout, tree=True)
         status = parse_status(
             self._git(
                 ["status", "--porcelain=v2", "--branch", "-z", "--untracked-files=all", "--ignore-submodules=none"],
@@ -262,8 +312,9 @@ class GitCache:
             )
 
     def remove(self, checkout: Checkout) -> None:
-        """Delete the checkout (the mirror stays)."""
-        path = checkout.path
+        """Unmount and delete the checkout (the mirror and the tree stay)."""
+        path = checkout.path.absolute()
+        self.layers.forget(path)
         if path.is_symlink():
             path.unlink()
         elif path.exists():
@@ -379,31 +430,48 @@ class GitCache:
                 self._seen.clear()
             self._seen[key] = value
 
-    def _inspect(self, checkout: Checkout) -> None:
-        """Refuse a checkout whose ``.git`` could make host git run or read what it should not."""
+    def _inspect(self, checkout: Checkout, *, tree: bool = False) -> None:
+        """Refuse a checkout whose ``.git`` could make host git run or read what it should not, and
+        with ``tree`` (its files are read) an overlay checkout that is not mounted."""
+        if tree and self.layers.unmounted(checkout.path.absolute()):
+            msg = f"The checkout {checkout.path} is an overlay that is not mounted; attach it before committing."
+            raise WorkspaceError(msg)
         gitdir = checkout.path / ".git"
         problems: list[str] = []
         if gitdir.is_symlink() or not gitdir.is_dir():
             problems.append(".git is not a directory")
         else:
-            for top, dirs, files in os.walk(gitdir):
-                problems += [f"{Path(top, n)} is a symlink" for n in dirs + files if Path(top, n).is_symlink()]
+            problems += [f"{path} is a symlink" for path in _symlinks(gitdir)]
             if (gitdir / "commondir").exists():
                 problems.append(".git/commondir exists")
             problems += _alternates_problems(gitdir, checkout.mirror)
-            listed = self._git(
-                ["config", "--file", str(gitdir / "config"), "--no-includes", "--list", "--null"],
-                what=f"reading the config of {checkout.path}",
-                cwd=Path("/"),
-            )
-            keys = [entry.split(b"\n", 1)[0].decode(errors="replace") for entry in listed.stdout.split(b"\0") if entry]
-            problems += [f"config key {key!r}" for key in untrusted_config(keys)]
+            problems += self._config_problems(gitdir / "config", checkout.path)
         if problems:
             msg = (
                 f"The checkout {checkout.path} was changed in ways host git must not trust "
                 f"({'; '.join(problems[:5])}); corral will not run git on it."
             )
             raise GitError(msg)
+
+    def _config_problems(self, config: Path, checkout: Path) -> list[str]:
+        """The keys of ``config`` that ``git clone`` does not write, as git reads them (bytes that passed once pass)."""
+        before = _contents(config)
+        with self._lock:
+            if before is not None and before in self._trusted:
+                return []
+        listed = self._git(
+            ["config", "--file", str(config), "--no-includes", "--list", "--null"],
+            what=f"reading the config of {checkout}",
+            cwd=Path("/"),
+        )
+        keys = [entry.split(b"\n", 1)[0].decode(errors="replace") for entry in listed.stdout.split(b"\0") if entry]
+        problems = [f"config key {key!r}" for key in untrusted_config(keys)]
+        if not problems and before is not None and _contents(config) == before:  # git read these very bytes
+            with self._lock:
+                if len(self._trusted) >= 64:
+                    self._trusted.clear()
+                self._trusted.add(before)
+        return problems
 
     def _exists(self, repo: Path, ref: str) -> bool:
         found = self._git(["rev-parse", "--verify", "--quiet", ref], what=f"looking up {ref}", repo=repo, ok=(0, 1))
@@ -449,6 +517,15 @@ def _branch(job_id: str) -> str:
         raise RepoError(msg) from None
 
 
+def _start_branch(gitdir: Path, branch: str, base: str, index: Path) -> None:
+    """What ``checkout -b branch base`` writes in ``gitdir`` over files already in place: ref, HEAD, index."""
+    ref = gitdir / "refs" / "heads" / branch
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    ref.write_text(f"{base}\n")
+    (gitdir / "HEAD").write_text(f"ref: refs/heads/{branch}\n")
+    shutil.copyfile(index, gitdir / "index")
+
+
 def _stamp(mirror: Path) -> None:
     """Note that ``mirror`` was fetched now: its file ``corral-fetched`` holds the time in ns and a nonce."""
     stamp = mirror / STAMP
@@ -487,6 +564,30 @@ def _credentials(remote: Remote, token: Secret | None) -> Iterator[tuple[dict[st
     secrets = (password.reveal(),) if password is not None else (username,)
     with askpass(username, password if password is not None else Secret("")) as env:
         yield env, secrets
+
+
+def _symlinks(top: Path) -> list[Path]:
+    """The symlinks below ``top``, none followed, seen in the directory listings (as ``os.walk`` goes)."""
+    found: list[Path] = []
+    pending = [str(top)]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_symlink():
+                found.append(Path(entry.path))
+            elif entry.is_dir(follow_symlinks=False):
+                pending.append(entry.path)
+    return found
+
+
+def _contents(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def _alternates_problems(gitdir: Path, mirror: Path) -> list[str]:

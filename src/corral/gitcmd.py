@@ -404,7 +404,7 @@ def run(
     ``what`` is a phrase ("fetching https://host/repo"); URLs are masked and ``secrets`` blanked
     in the message. On timeout the whole process group (git and its helpers) is killed.
     """
-    git = shutil.which("git", path=env.get("PATH"))
+    git = _which_git(env.get("PATH"))
     if git is None:
         msg = f"git is not on the PATH ({env.get('PATH', '')}); install git on this host."
         raise GitError(msg)
@@ -420,6 +420,7 @@ def run(
             start_new_session=True,
         )
     except OSError as problem:
+        _GIT.pop(env.get("PATH"), None)  # look for it again next time: it may have moved
         msg = f"git could not be started while {_scrub(what, secrets)}: {problem.strerror}; check {git} and {cwd}."
         raise GitError(msg) from None
     with proc:
@@ -436,6 +437,19 @@ def run(
         msg = f"git failed while {_scrub(what, secrets)} (exit {proc.returncode}): {tail}"
         raise GitError(msg)
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+_GIT: dict[str | None, str] = {}
+"""Where git was found, per PATH: every git command asks, and looking walks the PATH with a stat per entry."""
+
+
+def _which_git(path: str | None) -> str | None:
+    found = _GIT.get(path)
+    if found is None:
+        found = shutil.which("git", path=path)
+        if found is not None:
+            _GIT[path] = found
+    return found
 
 
 def _scrub(text: str, secrets: Sequence[str]) -> str:

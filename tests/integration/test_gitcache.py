@@ -13,6 +13,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,7 @@ from corral.gitcache import Checkout, GitCache
 from corral.gitcmd import mirror_name
 from corral.secrets import Secret
 from tests.gitserver import Request, add_commit, git, make_repo, serve
+from tests.mounts import unmount_under
 from tests.tools import require, require_root
 
 TOKEN = "push-token-7f3a9c"
@@ -41,6 +43,7 @@ def public(tmp_path: Path) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="corral-gitcache-test-"))
     path.chmod(0o755)
     yield path
+    unmount_under(path)
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -53,9 +56,10 @@ def remote(public: Path) -> Iterator[Remote]:
         yield Remote(f"{base}/app.git", bare, log)
 
 
-@pytest.fixture
-def cache(public: Path) -> GitCache:
-    return GitCache(public / "cache")
+@pytest.fixture(params=["overlay", "plain"])
+def cache(public: Path, request: pytest.FixtureRequest) -> GitCache:
+    """A cache making overlay checkouts (where it can: as root) or plain ones; every test runs with both."""
+    return GitCache(public / "cache", overlay=request.param == "overlay")
 
 
 def rev(bare: Path, name: str) -> str:
@@ -126,7 +130,9 @@ def test_checkout_of_each_kind_of_ref(remote: Remote, cache: GitCache, public: P
         "short-sha": (old[:10], old),
     }[kind]
     checkout = cache.checkout(remote.url, ref, "job-1", public / "work")
-    assert checkout == Checkout(public / "work", "corral/job-1", expected, checkout.mirror)
+    layered = cache.overlay and os.geteuid() == 0
+    assert checkout == Checkout(public / "work", "corral/job-1", expected, checkout.mirror, overlay=layered)
+    assert (cache.fallback is None) == layered
     assert in_checkout(checkout, "symbolic-ref", "HEAD") == "refs/heads/corral/job-1"
     assert in_checkout(checkout, "rev-parse", "HEAD") == expected
     assert in_checkout(checkout, "status", "--porcelain") == ""
@@ -314,6 +320,34 @@ def test_host_git_refuses_a_tampered_checkout(
     with pytest.raises(GitError, match="will not run git on it"):
         cache.push(checkout, remote.url, Secret(TOKEN))
     assert not ran.exists()
+
+
+def test_a_config_that_passed_is_not_read_by_git_again_but_a_changed_one_is(
+    remote: Remote, cache: GitCache, public: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import corral.gitcache
+
+    listings: list[list[str]] = []
+    real = corral.gitcache.run
+
+    def spy(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+        if "--list" in args:
+            listings.append(list(args))
+        return real(args, **kwargs)
+
+    monkeypatch.setattr(corral.gitcache, "run", spy)
+    first = cache.checkout(remote.url, None, "first", public / "first")
+    second = cache.checkout(remote.url, None, "second", public / "second")
+    assert (first.path / ".git" / "config").read_bytes() == (second.path / ".git" / "config").read_bytes()
+    cache.diff(first)
+    cache.diff(second)
+    assert len(listings) == 1  # the same bytes passed already
+    in_checkout(second, "config", "core.fsmonitor", "false")
+    with pytest.raises(GitError, match=r"config key 'core\.fsmonitor'"):
+        cache.diff(second)
+    assert len(listings) == 2
+    cache.diff(first)
+    assert len(listings) == 2
 
 
 # -- push ---------------------------------------------------------------------------------------

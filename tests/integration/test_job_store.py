@@ -163,6 +163,29 @@ def test_update_refuses_a_transition_the_rules_refuse(store: JobStore) -> None:
         store.update(job.id, prompt="other")
 
 
+def test_update_and_add_write_their_log_in_the_same_transaction(store: JobStore) -> None:
+    job = store.add(new_job("p", "r"), log=(("state", "queued"), ("note", "from the API")))
+    assert [(e.seq, e.kind, e.data) for e in store.events(job.id)] == [
+        (1, "state", "queued"),
+        (2, "note", "from the API"),
+    ]
+    store.append_event(job.id, "agent", "a line")
+    moved = store.update(job.id, state=S.PREPARING, owner="r-1", log=(("note", "claimed"), ("state", "preparing")))
+    assert moved.owner == "r-1"
+    events = store.events(job.id)
+    assert [(e.seq, e.data) for e in events[-2:]] == [(4, "claimed"), (5, "preparing")]
+    assert {e.at for e in events[-2:]} == {moved.updated_at}
+    with pytest.raises(ConflictError, match="from preparing to queued"):
+        store.update(job.id, state=S.QUEUED, log=(("state", "queued"),))
+    with pytest.raises(UsageError, match="An event kind is a name of 1 to 32 characters"):
+        store.update(job.id, state=S.RUNNING, log=(("", "x"),))
+    assert store.get(job.id) == moved  # neither refused update wrote anything, nor its log
+    assert len(store.events(job.id)) == 5
+    keyed = store.add(new_job("p", "r", idempotency_key="k"), log=(("state", "queued"),))
+    assert store.add(new_job("p", "r", idempotency_key="k"), log=(("state", "queued"),)) == keyed
+    assert len(store.events(keyed.id)) == 1  # the stored job's log is not written again
+
+
 def test_an_interrupted_job_can_be_queued_again(store: JobStore) -> None:
     job = store.add(new_job("p", "r"))
     for state in (S.PREPARING, S.RUNNING, S.INTERRUPTED, S.QUEUED, S.PREPARING, S.RUNNING, S.TIMED_OUT):

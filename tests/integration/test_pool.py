@@ -15,6 +15,7 @@ import pytest
 from corral.errors import ConflictError, NotFoundError, UsageError
 from corral.jobs.models import Job, JobOptions, JobState
 from corral.jobs.store import JobStore, open_store
+from corral.runner.job import JobRunner
 from corral.runner.pool import RunnerPool
 from corral.settings import Settings
 from tests.claude import claude_bin
@@ -136,6 +137,58 @@ def test_a_hundred_concurrent_submissions_at_capacity_four_all_finish(
     assert 1 <= overlap <= 4
     assert len(store.list(limit=1000)) == 100
     assert pool.last_poll_age_ms < 5000
+
+
+def test_a_worker_that_ends_a_job_runs_the_next_queued_one_in_the_same_thread(
+    settings: Settings, store: JobStore, origin: Path
+) -> None:
+    pool = RunnerPool(settings, store, capacity=2)
+    jobs = [pool.submit(f"job-{n}", str(origin), agent="generic", options=generic(*ECHO)) for n in range(6)]
+    ran_in: dict[str, str] = {}
+    run = pool.runner.run
+
+    def spy(job_id: str, listener: object = None) -> Job:
+        ran_in[job_id] = threading.current_thread().name
+        return run(job_id)
+
+    pool.runner.run = spy  # type: ignore[method-assign]
+    pool.start()
+    try:
+        ended = [pool.wait(job.id, timeout=60) for job in jobs]
+    finally:
+        pool.stop()
+    assert [job.state for job in ended] == [JobState.SUCCEEDED] * 6
+    assert set(ran_in) == {job.id for job in jobs}
+    assert 1 <= len(set(ran_in.values())) <= 2  # at most one thread per session, each claimed the next itself
+    assert pool.active_sessions == 0
+
+
+def test_one_thread_keeps_the_heartbeat_of_every_running_job_fresh(
+    settings: Settings, store: JobStore, origin: Path
+) -> None:
+    def beaters() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "corral-heartbeat"}
+
+    others = beaters()  # of earlier runners, which end a few seconds after their last job
+    runner = JobRunner(settings, store, heartbeat=0.2)
+    slow = generic("sh", "-c", "echo started; sleep 2")
+    jobs = [runner.submit(f"beat-{n}", str(origin), agent="generic", options=slow) for n in range(2)]
+    threads = [threading.Thread(target=runner.run, args=(job.id,)) for job in jobs]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: all(printed(store, job.id) == ["started"] for job in jobs))
+    first = [store.get(job.id).heartbeat_at for job in jobs]
+    assert len(beaters() - others) == 1
+    time.sleep(0.8)
+    later = [store.get(job.id).heartbeat_at for job in jobs]
+    assert all(a is not None and b is not None and b > a for a, b in zip(first, later, strict=True)), (first, later)
+    for thread in threads:
+        thread.join(60)
+    ended = [store.get(job.id) for job in jobs]
+    assert [job.state for job in ended] == [JobState.SUCCEEDED] * 2
+    time.sleep(0.6)  # three beats: none for an ended job
+    assert [store.get(job.id).heartbeat_at for job in jobs] == [job.heartbeat_at for job in ended]
+    wait_for(lambda: not beaters() - others, timeout=5)
 
 
 def test_the_same_idempotency_key_gives_the_same_job(make_pool: Callable[..., RunnerPool], origin: Path) -> None:

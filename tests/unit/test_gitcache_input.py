@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import time
@@ -350,5 +351,19 @@ def test_run_kills_the_whole_process_group_on_timeout() -> None:
 
 
 def test_run_without_git_on_the_path_is_a_git_error(tmp_path: Path) -> None:
+    assert run(["version"], what="checking", env=environment(os.environ)).returncode == 0  # found on the real PATH
     with pytest.raises(GitError, match="git is not on the PATH"):
         run(["version"], what="checking", env=environment({"PATH": str(tmp_path)}))
+
+
+def test_run_finds_git_on_each_path_and_looks_again_when_it_is_gone(tmp_path: Path) -> None:
+    real = shutil.which("git")
+    assert real is not None
+    (tmp_path / "git").symlink_to(real)
+    env = environment({"PATH": str(tmp_path)})
+    assert run(["version"], what="checking", env=env).stdout.startswith(b"git version")
+    (tmp_path / "git").unlink()
+    with pytest.raises(GitError, match="git could not be started while checking"):
+        run(["version"], what="checking", env=env)
+    with pytest.raises(GitError, match="git is not on the PATH"):
+        run(["version"], what="checking", env=env)

@@ -133,6 +133,10 @@ class ApiToken:
         }
 
 
+_ANY_TOKEN = select(TOKENS.c.id).limit(1)
+"""Built once: SQLAlchemy remembers the cache key of a statement object it has seen."""
+
+
 def _token(row: Row[Any]) -> ApiToken:
     scopes = tuple(scope for scope in SCOPES if scope in row.scopes.split())
     return ApiToken(row.id, row.name, scopes, row.created_at, row.expires_at, row.revoked_at, row.last_used_at)
@@ -144,6 +148,7 @@ class TokenStore:
     def __init__(self, engine: Engine, writer: Engine | None = None) -> None:
         self._engine = engine
         self._writer = writer or engine
+        self._configured = False
 
     @classmethod
     def of(cls, store: JobStore) -> TokenStore:
@@ -207,10 +212,13 @@ class TokenStore:
     def configured(self) -> bool:
         """Whether any token was ever made: then every route but the health checks needs auth.
 
-        Revoked and expired tokens count, so revoking the last token never opens the server.
+        Revoked and expired tokens count, so revoking the last token never opens the server. No
+        token is ever deleted, so once one is found the answer stays yes without asking again.
         """
-        with self._engine.connect() as conn:
-            return conn.execute(select(TOKENS.c.id).limit(1)).first() is not None
+        if not self._configured:
+            with self._engine.connect() as conn:
+                self._configured = conn.execute(_ANY_TOKEN).first() is not None
+        return self._configured
 
     def find(self, value: str) -> ApiToken | None:
         """The stored token whose value is ``value`` (any status), or ``None``; hashes compared in constant time."""

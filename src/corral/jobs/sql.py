@@ -3,14 +3,17 @@
 Every write runs in one transaction that first reads the job row ``FOR UPDATE``; on SQLite
 that transaction starts with ``BEGIN IMMEDIATE`` (the write lock is taken before the read),
 so writers in other threads and other processes queue behind it (WAL, ``busy_timeout``)
-instead of reading a state that is about to change. The schema is owned by the alembic
-migrations in ``migrations/``; ``SqlJobStore.open`` brings a database to their head.
+instead of reading a state that is about to change. A move and the log entries that go with it
+(its ``state`` event) are one transaction, and the statements of these paths are built once.
+The schema is owned by the alembic migrations in ``migrations/``; ``SqlJobStore.open`` brings a
+database to their head.
 """
 
 from __future__ import annotations
 
 import builtins
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -25,6 +28,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     create_engine,
     event,
     func,
@@ -266,23 +270,23 @@ class SqlJobStore:
     def close(self) -> None:
         self._engine.dispose()
 
-    def add(self, job: Job) -> Job:
+    def add(self, job: Job, *, log: Sequence[tuple[str, str]] = ()) -> Job:
         if job.state is not JobState.QUEUED:
             msg = f"A job is stored as queued before anything else happens; job {job.id!r} is {job.state}."
             raise ConflictError(msg)
+        _check_log(log)
         try:
             with self._writer.begin() as conn:
                 if job.idempotency_key is not None:
-                    query = select(JOBS).where(JOBS.c.idempotency_key == job.idempotency_key)
-                    row = conn.execute(query).one_or_none()
+                    row = conn.execute(_BY_KEY, {"key": job.idempotency_key}).one_or_none()
                     if row is not None:
                         return _job(row)
-                conn.execute(insert(JOBS).values(**self._columns(job)))
+                conn.execute(_INSERT_JOB, self._columns(job))
+                _append(conn, job.id, log, job.created_at, last=0)
         except IntegrityError:
             if job.idempotency_key is not None:  # another database client stored the key first
                 with self._engine.connect() as conn:
-                    query = select(JOBS).where(JOBS.c.idempotency_key == job.idempotency_key)
-                    row = conn.execute(query).one_or_none()
+                    row = conn.execute(_BY_KEY, {"key": job.idempotency_key}).one_or_none()
                 if row is not None:
                     return _job(row)
             msg = f"A job with the id {job.id!r} is already stored; give the new job another id."
@@ -292,14 +296,7 @@ class SqlJobStore:
     def claim(self, owner: str) -> Job | None:
         now = utc_now()
         with self._writer.begin() as conn:
-            query = (
-                select(JOBS)
-                .where(JOBS.c.state == JobState.QUEUED.value)
-                .order_by(JOBS.c.created_at, JOBS.c.id)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            )
-            row = conn.execute(query).one_or_none()
+            row = conn.execute(_OLDEST_QUEUED).one_or_none()
             if row is None:
                 return None
             values = {
@@ -309,14 +306,20 @@ class SqlJobStore:
                 "attempts": row.attempts + 1,
                 "updated_at": now,
             }
-            done = conn.execute(
-                update(JOBS).where(JOBS.c.id == row.id, JOBS.c.state == JobState.QUEUED.value).values(**values)
-            )
-            if done.rowcount != 1:
+            moved = self._set(conn, row.id, JobState.QUEUED.value, values)
+            if moved is None:
                 return None  # taken by a database without the lock semantics we asked for; look again
-            self._insert_event(conn, row.id, "state", JobState.PREPARING.value, now)
-            row = conn.execute(select(JOBS).where(JOBS.c.id == row.id)).one()
-        return _job(row)
+            _append(conn, row.id, (("state", JobState.PREPARING.value),), now)
+        return _job(moved)
+
+    def _set(self, conn: Connection, job_id: str, state: str, values: dict[str, Any]) -> Row[Any] | None:
+        """Set ``values`` on the job if it is still in ``state`` (a compare-and-set); the new row, or None."""
+        where = {"b_id": job_id, "b_state": state}
+        if self._engine.dialect.update_returning:
+            return conn.execute(_SET_RETURNING, {**values, **where}).one_or_none()
+        if conn.execute(_SET, {**values, **where}).rowcount != 1:
+            return None
+        return conn.execute(_JOB, {"job_id": job_id}).one()
 
     @staticmethod
     def _columns(job: Job) -> dict[str, Any]:
@@ -344,7 +347,7 @@ class SqlJobStore:
 
     def get(self, job_id: str) -> Job:
         with self._engine.connect() as conn:
-            row = conn.execute(select(JOBS).where(JOBS.c.id == job_id)).one_or_none()
+            row = conn.execute(_JOB, {"job_id": job_id}).one_or_none()
         if row is None:
             raise _not_found(job_id)
         return _job(row)
@@ -359,7 +362,9 @@ class SqlJobStore:
         with self._engine.connect() as conn:
             return [_job(row) for row in conn.execute(query)]
 
-    def update(self, job_id: str, *, state: JobState | None = None, **changes: Any) -> Job:
+    def update(
+        self, job_id: str, *, state: JobState | None = None, log: Sequence[tuple[str, str]] = (), **changes: Any
+    ) -> Job:
         unknown = sorted(set(changes) - _CHANGES)
         if unknown:
             msg = f"A job update cannot change {unknown[0]!r}; it can change: state, {', '.join(sorted(_CHANGES))}."
@@ -378,45 +383,37 @@ class SqlJobStore:
                 msg = f"A job's result is a JobResult or None, not {type(result).__name__}."
                 raise UsageError(msg)
             values["result"] = None if result is None else json.dumps(result.to_dict())
+        _check_log(log)
         with self._writer.begin() as conn:
-            row = conn.execute(select(JOBS).where(JOBS.c.id == job_id).with_for_update()).one_or_none()
-            if row is None:
+            current = conn.execute(_STATE_LOCKED, {"job_id": job_id}).scalar_one_or_none()
+            if current is None:
                 raise _not_found(job_id)
             now = utc_now()
             values["updated_at"] = now
             if state is not None:
-                new = next_state(JobState(row.state), JobState(state))
+                new = next_state(JobState(current), JobState(state))
                 values["state"] = new.value
                 if new is JobState.RUNNING:
                     values["started_at"] = now
                 if new in TERMINAL:
                     values["finished_at"] = now
             # The state in the WHERE clause makes this a compare-and-set even without the lock.
-            done = conn.execute(update(JOBS).where(JOBS.c.id == job_id, JOBS.c.state == row.state).values(**values))
-            if done.rowcount != 1:
+            row = self._set(conn, job_id, current, values)
+            if row is None:
                 msg = f"Job {job_id!r} changed state while it was being updated; read it again and retry."
                 raise ConflictError(msg)
-            row = conn.execute(select(JOBS).where(JOBS.c.id == job_id)).one()
+            _append(conn, job_id, log, now)
         return _job(row)
 
     def append_event(self, job_id: str, kind: str, data: str) -> Event:
-        if not kind or len(kind) > 32:
-            msg = f"An event kind is a name of 1 to 32 characters, not {kind!r}."
-            raise UsageError(msg)
+        _check_log(((kind, data),))
         at = utc_now()
         with self._writer.begin() as conn:
             # Locking the job row serialises the writers of one job on databases with row locks.
-            if conn.execute(select(JOBS.c.id).where(JOBS.c.id == job_id).with_for_update()).one_or_none() is None:
+            if conn.execute(_STATE_LOCKED, {"job_id": job_id}).first() is None:
                 raise _not_found(job_id)
-            seq = self._insert_event(conn, job_id, kind, data, at)
+            seq = _append(conn, job_id, ((kind, data),), at)
         return Event(job_id=job_id, seq=seq, at=at, kind=kind, data=data)
-
-    @staticmethod
-    def _insert_event(conn: Connection, job_id: str, kind: str, data: str, at: datetime) -> int:
-        last = conn.execute(select(func.max(EVENTS.c.seq)).where(EVENTS.c.job_id == job_id)).scalar()
-        seq = int(last or 0) + 1
-        conn.execute(insert(EVENTS).values(job_id=job_id, seq=seq, at=at, kind=kind, data=data))
-        return seq
 
     def events(self, job_id: str, *, after: int = 0, limit: int | None = None) -> builtins.list[Event]:
         query = select(EVENTS).where(EVENTS.c.job_id == job_id, EVENTS.c.seq > after).order_by(EVENTS.c.seq)
@@ -430,3 +427,41 @@ class SqlJobStore:
             if not found and conn.execute(select(JOBS.c.id).where(JOBS.c.id == job_id)).one_or_none() is None:
                 raise _not_found(job_id)
         return found
+
+
+def _check_log(log: Sequence[tuple[str, str]]) -> None:
+    for kind, _data in log:
+        if not kind or len(kind) > 32:
+            msg = f"An event kind is a name of 1 to 32 characters, not {kind!r}."
+            raise UsageError(msg)
+
+
+def _append(
+    conn: Connection, job_id: str, log: Sequence[tuple[str, str]], at: datetime, *, last: int | None = None
+) -> int:
+    """Append ``log`` (kind, data) to the job's events after ``last`` (default: its newest); the last seq."""
+    if last is None:
+        last = conn.execute(_LAST_SEQ, {"job_id": job_id}).scalar_one()
+    for seq, (kind, data) in enumerate(log, last + 1):
+        conn.execute(_INSERT_EVENT, {"job_id": job_id, "seq": seq, "at": at, "kind": kind, "data": data})
+    return last + len(log)
+
+
+# The statements of the hot paths, built once: SQLAlchemy keys its cache of compiled SQL by a key it
+# computes from the statement object and remembers on it, so reusing one skips building and keying.
+_JOB = select(JOBS).where(JOBS.c.id == bindparam("job_id"))
+_STATE_LOCKED = select(JOBS.c.state).where(JOBS.c.id == bindparam("job_id")).with_for_update()
+_BY_KEY = select(JOBS).where(JOBS.c.idempotency_key == bindparam("key"))
+_OLDEST_QUEUED = (
+    select(JOBS)
+    .where(JOBS.c.state == JobState.QUEUED.value)
+    .order_by(JOBS.c.created_at, JOBS.c.id)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+)
+_SET = update(JOBS).where(JOBS.c.id == bindparam("b_id"), JOBS.c.state == bindparam("b_state"))
+"""Sets the columns named by the parameters (besides ``b_id`` and ``b_state``)."""
+_SET_RETURNING = _SET.returning(*JOBS.c)
+_INSERT_JOB = insert(JOBS)
+_INSERT_EVENT = insert(EVENTS)
+_LAST_SEQ = select(func.coalesce(func.max(EVENTS.c.seq), 0)).where(EVENTS.c.job_id == bindparam("job_id"))

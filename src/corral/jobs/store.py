@@ -7,6 +7,7 @@ append-only event log. Implementations: ``SqlJobStore`` (SQLite, and later Postg
 from __future__ import annotations
 
 import builtins
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -22,9 +23,10 @@ DB_NAME = "corral.db"
 class JobStore(Protocol):
     """Jobs and their event logs; every method is safe to call from several threads at once."""
 
-    def add(self, job: Job) -> Job:
-        """Store a new ``queued`` job; ``ConflictError`` if its id is taken. A job whose
-        ``idempotency_key`` is already stored is not added: the stored job is returned."""
+    def add(self, job: Job, *, log: Sequence[tuple[str, str]] = ()) -> Job:
+        """Store a new ``queued`` job with the first entries of its log (``(kind, data)``), in one
+        transaction; ``ConflictError`` if its id is taken. A job whose ``idempotency_key`` is already
+        stored is not added (nor is ``log``): the stored job is returned."""
         ...
 
     def claim(self, owner: str) -> Job | None:
@@ -41,12 +43,15 @@ class JobStore(Protocol):
         """Up to ``limit`` jobs, newest first, only those in ``state`` if given."""
         ...
 
-    def update(self, job_id: str, *, state: JobState | None = None, **changes: Any) -> Job:
-        """Move the job to ``state`` (checked by ``next_state``) and set ``result``, ``error``,
-        ``session_id``, ``options``, ``owner``, ``heartbeat_at`` or ``attempts``, all in one
-        transaction; of two callers moving a job from the same state,
-        one gets ``ConflictError``. Sets ``started_at`` on entering ``running``, ``finished_at``
-        on entering a terminal state, and ``updated_at`` always."""
+    def update(
+        self, job_id: str, *, state: JobState | None = None, log: Sequence[tuple[str, str]] = (), **changes: Any
+    ) -> Job:
+        """Move the job to ``state`` (checked by ``next_state``), set ``result``, ``error``,
+        ``session_id``, ``options``, ``owner``, ``heartbeat_at`` or ``attempts``, and append
+        ``log`` (``(kind, data)`` entries, such as the ``state`` event of the move) to its events,
+        all in one transaction; of two callers moving a job from the same state, one gets
+        ``ConflictError``. Sets ``started_at`` on entering ``running``, ``finished_at`` on entering a
+        terminal state, and ``updated_at`` always."""
         ...
 
     def append_event(self, job_id: str, kind: str, data: str) -> Event:

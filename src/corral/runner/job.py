@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -115,6 +116,9 @@ class JobRunner:
         self._interrupted: set[str] = set()
         self._doors: dict[str, tuple[Door, tuple[str, ...]]] = {}
         self._lock = threading.Lock()
+        self._beats = threading.Lock()
+        self._beating: set[str] = set()
+        self._beater: threading.Thread | None = None
 
     def submit(
         self,
@@ -143,10 +147,7 @@ class JobRunner:
         job = new_job(
             prompt, repo, ref=ref, agent=agent, options=options, parent_id=parent_id, idempotency_key=idempotency_key
         )
-        stored = self.store.add(job)
-        if stored.id == job.id:
-            self.store.append_event(job.id, "state", job.state.value)
-        return stored
+        return self.store.add(job, log=(("state", job.state.value),))
 
     def dirs(self, job_id: str) -> JobDirs:
         return JobDirs(self.settings.home / "jobs" / job_id)
@@ -217,7 +218,8 @@ class JobRunner:
                         heartbeat_at=utc_now(),
                         attempts=job.attempts + 1,
                     )
-                return self._run(job, listener, cancel)
+                with self._mounted(job):
+                    return self._run(job, listener, cancel)
         except CorralError as err:
             self.store.append_event(job_id, "note", str(err))
             job = self.store.get(job_id)
@@ -235,22 +237,44 @@ class JobRunner:
                 self._interrupted.discard(job_id)
 
     @contextmanager
-    def _heartbeat(self, job_id: str) -> Iterator[None]:
-        """Keep ``heartbeat_at`` of the job fresh while it runs, so recovery can tell a dead owner."""
-        done = threading.Event()
-
-        def beat() -> None:
-            while not done.wait(self.heartbeat):
-                with contextlib.suppress(CorralError):
-                    self.store.update(job_id, heartbeat_at=utc_now())
-
-        thread = threading.Thread(target=beat, name=f"corral-heartbeat-{job_id}", daemon=True)
-        thread.start()
+    def _mounted(self, job: Job) -> Iterator[None]:
+        """Unmount the job's checkout when the job is done with it (an overlay one is mounted while in use)."""
         try:
             yield
         finally:
-            done.set()
-            thread.join()
+            self.git.detach(self.dirs(self._root(job).id).repo)
+
+    @contextmanager
+    def _heartbeat(self, job_id: str) -> Iterator[None]:
+        """Keep ``heartbeat_at`` of the job fresh while it runs, so recovery can tell a dead owner.
+
+        One thread beats for all the jobs of this runner; once this exits, no beat of the job is under way.
+        """
+        with self._beats:
+            self._beating.add(job_id)
+            if self._beater is None:
+                self._beater = threading.Thread(target=self._beat, name="corral-heartbeat", daemon=True)
+                self._beater.start()
+        try:
+            yield
+        finally:
+            with self._beats:
+                self._beating.discard(job_id)
+
+    def _beat(self) -> None:
+        """Every ``heartbeat`` seconds, a fresh ``heartbeat_at`` for each job being run; ends when none is."""
+        while True:
+            time.sleep(self.heartbeat)
+            with self._beats:
+                if not self._beating:
+                    self._beater = None
+                    return
+                running = list(self._beating)
+            for job_id in running:
+                with self._beats:  # a job that ended meanwhile gets none; its end waits for one under way
+                    if job_id in self._beating:
+                        with contextlib.suppress(CorralError):
+                            self.store.update(job_id, heartbeat_at=utc_now())
 
     def _run(self, job: Job, listener: Listener, cancel: threading.Event) -> Job:
         from corral.egress.door import Door
@@ -403,6 +427,7 @@ class JobRunner:
                 job.id, "note", f"continuing in the checkout of {parent.id} on {parent.result.branch}"
             )
             checkout = Checkout(dirs.repo, parent.result.branch, base, self.git.mirror(job.repo))
+            self.git.attach(checkout.path)
             return checkout, parent.session_id
         if dirs.repo.exists():  # an earlier attempt was interrupted: start again from a clean checkout
             self.store.append_event(job.id, "note", "removing the checkout of an earlier attempt")
@@ -436,8 +461,7 @@ class JobRunner:
         return ClaudeCodeAgent(find_claude(self.settings))
 
     def _move(self, job: Job, state: JobState, *, listener: Listener | None = None, **changes: object) -> Job:
-        job = self.store.update(job.id, state=state, **changes)
-        self.store.append_event(job.id, "state", state.value)
+        job = self.store.update(job.id, state=state, log=(("state", state.value),), **changes)
         if listener is not None:
             listener.state(job)
         return job

@@ -4,8 +4,10 @@
 owner is dead are marked ``interrupted`` and queued again (once, by default), and leftover
 sandboxes and proxy sockets are removed. Then one claim loop thread takes the oldest queued job
 from the store whenever a session is free (woken by ``submit``, else every ``POLL`` seconds)
-and runs it in its own worker thread with ``JobRunner.run``. ``drain`` stops claiming, lets the
-running jobs finish for a while, then interrupts them; their logs and checkouts stay.
+and runs it in a worker thread with ``JobRunner.run``. A worker that ends a job claims the next
+one itself, at once, and runs it in the same thread; when none is queued it gives its session
+back and ends. ``drain`` stops claiming, lets the running jobs finish for a while, then
+interrupts them; their logs and checkouts stay.
 """
 
 from __future__ import annotations
@@ -22,14 +24,14 @@ from typing import TYPE_CHECKING
 
 from corral.errors import ConflictError, CorralError, UsageError
 from corral.jobs.models import ENDED, TERMINAL, Job, JobOptions, JobResult, JobState, utc_now
-from corral.runner.job import HEARTBEAT, JobRunner, default_owner
+from corral.runner.job import HEARTBEAT, JobDirs, JobRunner, default_owner
 
 if TYPE_CHECKING:
     from corral.jobs.store import JobStore
     from corral.sandbox.base import SandboxBackend
     from corral.settings import Settings
 
-__all__ = ["POLL", "STALE_BEATS", "RunnerPool", "owner_is_dead", "reap_sockets", "recover"]
+__all__ = ["POLL", "STALE_BEATS", "RunnerPool", "owner_is_dead", "reap_checkouts", "reap_sockets", "recover"]
 
 POLL = 0.5
 """Seconds between two looks at the store when nothing wakes the claim loop."""
@@ -77,6 +79,9 @@ class RunnerPool:
         self._cond = threading.Condition()
         self._wake = threading.Event()
         self._active: dict[str, threading.Thread] = {}
+        """The jobs running now, by id, and the worker threads running them."""
+        self._workers: set[threading.Thread] = set()
+        """The worker threads: each holds one session, while it runs a job or claims its next one."""
         self._draining = False
         self._started = False
         self._loop: threading.Thread | None = None
@@ -202,7 +207,7 @@ class RunnerPool:
         if self._loop is not None:
             self._loop.join(INTERRUPT_GRACE)
         with self._cond:
-            workers = list(self._active.values())
+            workers = list(self._workers)
         for worker in workers:
             worker.join(INTERRUPT_GRACE)
 
@@ -212,32 +217,52 @@ class RunnerPool:
             with self._cond:
                 if self._draining:
                     return
-                free = self.capacity - len(self._active)
-            self._polled_at = time.monotonic()
-            job = None
-            if free > 0:
-                try:
-                    job = self.store.claim(self.runner_id)
-                except CorralError:
-                    job = None  # the store is unavailable for now: look again at the next poll
+                free = self.capacity - len(self._workers)
+            job = self._claim() if free > 0 else None
             if job is not None:
                 self._begin(job)
                 continue
             self._wake.wait(POLL)
 
+    def _claim(self) -> Job | None:
+        self._polled_at = time.monotonic()
+        try:
+            return self.store.claim(self.runner_id)
+        except CorralError:
+            return None  # the store is unavailable for now: look again at the next poll
+
     def _begin(self, job: Job) -> None:
+        """Start a worker thread (a session) with ``job``; only the claim loop starts them."""
         with self._cond:
             if not self._draining:
-                worker = threading.Thread(target=self._work, args=(job.id,), name=f"corral-job-{job.id}", daemon=True)
+                worker = threading.Thread(target=self._work, args=(job,), name=f"corral-job-{job.id}", daemon=True)
                 self._active[job.id] = worker
+                self._workers.add(worker)
                 worker.start()
                 return
-        # claimed as the drain began: give it back untouched
-        self.store.update(job.id, state=JobState.INTERRUPTED)
-        self.store.update(job.id, state=JobState.QUEUED, owner=None, attempts=job.attempts - 1)
-        self.store.append_event(job.id, "state", JobState.QUEUED.value)
+        self._give_back(job)
 
-    def _work(self, job_id: str) -> None:
+    def _give_back(self, job: Job) -> None:
+        """Queue again, untouched, a job claimed as the drain began."""
+        self.store.update(job.id, state=JobState.INTERRUPTED)
+        self.store.update(
+            job.id, state=JobState.QUEUED, owner=None, attempts=job.attempts - 1, log=_state(JobState.QUEUED)
+        )
+
+    def _work(self, first: Job) -> None:
+        """Run ``first``, then claim and run the next job until none is queued or the pool drains."""
+        job: Job | None = first
+        try:
+            while job is not None:
+                self._run(job.id)
+                job = self._next()
+        finally:
+            with self._cond:
+                self._workers.discard(threading.current_thread())
+                self._cond.notify_all()
+            self._wake.set()  # the claim loop may fill the session again
+
+    def _run(self, job_id: str) -> None:
         try:
             self.runner.run(job_id)
         except Exception as err:  # a bug, not a job's failure: the job is kept as interrupted
@@ -246,7 +271,21 @@ class RunnerPool:
             with self._cond:
                 self._active.pop(job_id, None)
                 self._cond.notify_all()
-            self._wake.set()
+
+    def _next(self) -> Job | None:
+        """The job this worker runs next, claimed in its own session; ``None`` when it should end."""
+        with self._cond:
+            if self._draining:
+                return None
+        job = self._claim()
+        if job is None:
+            return None
+        with self._cond:
+            if not self._draining:
+                self._active[job.id] = threading.current_thread()
+                return job
+        self._give_back(job)
+        return None
 
 
 def owner_is_dead(
@@ -285,7 +324,7 @@ def recover(
     runner_id: str | None = None,
 ) -> list[str]:
     """Mark the jobs of dead owners ``interrupted``, queue interrupted jobs again (up to ``requeue``
-    restarts, else fail them), and reap leftover sandboxes and proxy sockets. Returns the ids of
+    restarts, else fail them), and reap leftover sandboxes, proxy sockets and checkout mounts. Returns the ids of
     the jobs it interrupted, requeued or failed."""
     me = runner_id or default_owner()
     now = utc_now()
@@ -294,23 +333,25 @@ def recover(
     for state in (JobState.PREPARING, JobState.RUNNING):
         for job in _all(store, state):
             if owner_is_dead(job, now, me=me, hostname=hostname, alive=pid_alive):
+                gone = (("note", f"its runner {job.owner} is gone; the job was interrupted"),)
                 try:
-                    store.update(job.id, state=JobState.INTERRUPTED, error="corral stopped while the job ran")
+                    store.update(
+                        job.id,
+                        state=JobState.INTERRUPTED,
+                        error="corral stopped while the job ran",
+                        log=gone + _state(JobState.INTERRUPTED),
+                    )
                 except ConflictError:
                     continue  # it moved on meanwhile: someone runs it
-                store.append_event(job.id, "note", f"its runner {job.owner} is gone; the job was interrupted")
-                store.append_event(job.id, "state", JobState.INTERRUPTED.value)
     for job in _all(store, JobState.INTERRUPTED):
         try:
             if job.attempts <= requeue:
-                store.update(job.id, state=JobState.QUEUED, owner=None)
-                store.append_event(job.id, "note", f"queued again after attempt {job.attempts}")
-                store.append_event(job.id, "state", JobState.QUEUED.value)
+                again = (("note", f"queued again after attempt {job.attempts}"),)
+                store.update(job.id, state=JobState.QUEUED, owner=None, log=again + _state(JobState.QUEUED))
             else:
                 why = f"The job was interrupted {job.attempts} times; it is not started again. Submit it anew."
                 result = JobResult(is_error=True, reason="interrupted", summary=why)
-                store.update(job.id, state=JobState.FAILED, error=why, result=result)
-                store.append_event(job.id, "state", JobState.FAILED.value)
+                store.update(job.id, state=JobState.FAILED, error=why, result=result, log=_state(JobState.FAILED))
         except ConflictError:
             continue
         touched.append(job.id)
@@ -319,7 +360,27 @@ def recover(
         (settings.runtime / "slots").mkdir(parents=True, exist_ok=True, mode=0o700)  # reap expects it
         reap()
     reap_sockets(settings.runtime / "proxy")
+    reap_checkouts(settings, store)
     return touched
+
+
+def reap_checkouts(settings: Settings, store: JobStore) -> list[Path]:
+    """Unmount the overlay checkouts no job being prepared or run uses (a killed runner left them mounted)."""
+    from corral.gitcache import GitCache
+
+    busy = []
+    for state in (JobState.PREPARING, JobState.RUNNING):
+        for job in _all(store, state):
+            root = job
+            while root.parent_id is not None:  # a follow-up works in the checkout of the first job
+                root = store.get(root.parent_id)
+            busy.append(JobDirs(settings.home / "jobs" / root.id).repo)
+    return GitCache(settings.home / "git").reap(keep=busy)
+
+
+def _state(state: JobState) -> tuple[tuple[str, str]]:
+    """The log entry of a move to ``state``."""
+    return (("state", state.value),)
 
 
 def _all(store: JobStore, state: JobState) -> list[Job]:
