@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES := bubblewrap socat git curl iproute2 util-linux hyperfine libseccomp2 procps jq tmux wrk \
-	docker.io runsc debootstrap
+	docker.io runsc debootstrap runc podman catatonit
 # The Claude Code CLI that jobs run, pinned: tool names and startup calls change between releases.
 CLAUDE_VERSION := 2.1.197
 CLAUDE_DIR := tools/claude-code
@@ -38,7 +38,8 @@ claude:
 		npm install --prefix $(CLAUDE_DIR) --no-audit --no-fund --loglevel=error @anthropic-ai/claude-code@$(CLAUDE_VERSION)
 	@$(CLAUDE) --version | grep -q '^$(CLAUDE_VERSION) ' || { echo "the Claude Code CLI $(CLAUDE_VERSION) did not install into $(CLAUDE_DIR)"; exit 1; }
 
-# The container engine of the tests and benchmarks: a private dockerd and corral's sandbox image.
+# The container engines of the tests and benchmarks: a private dockerd, podman (runc, never crun: runc is
+# listed so that apt never picks crun for podman; catatonit is its --init), and corral's sandbox image in both.
 engine: system
 	bash scripts/engine.sh image
 

@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# The container engine corral's tests and benchmarks use: a private dockerd (no bridge, no NAT,
-# no iptables; gVisor's runsc registered as a runtime) and the sandbox image, built from a
-# debootstrap root file system because no image registry is reachable.
+# The container engines corral's tests and benchmarks use: a private dockerd (no bridge, no NAT,
+# no iptables; gVisor's runsc registered as a runtime), podman where it is installed, and the
+# sandbox image in both, built from a debootstrap root file system because no image registry is
+# reachable.
 # runsc runs on the ptrace platform (no KVM here), with no network of its own (corral's relay is
 # the only way out) and allowed to connect to the proxy's Unix socket that corral mounts in.
+# podman keeps its own storage (/var/lib/containers as root) and runs with the tests' containers.conf
+# (CONTAINERS_CONF): runc, never crun (which refuses hybrid cgroups), and default ulimits within the
+# hard limits of a root that lacks CAP_SYS_RESOURCE (podman's own defaults exceed them).
 #
-#   scripts/engine.sh start   start dockerd on its private socket unless it already answers
-#   scripts/engine.sh image   build the image unless the engine has it
-#   scripts/engine.sh stop    stop that dockerd (by its pid file)
-#   scripts/engine.sh host    print the DOCKER_HOST of the engine
+#   scripts/engine.sh start         start dockerd on its private socket unless it already answers
+#   scripts/engine.sh image         build the image unless the engine has it (and import it into podman)
+#   scripts/engine.sh podman-image  import the image into podman unless it has it
+#   scripts/engine.sh stop          stop that dockerd (by its pid file)
+#   scripts/engine.sh host          print the DOCKER_HOST of the engine
+#   scripts/engine.sh podman-conf   write the tests' containers.conf if needed and print its path
 #
 # Every step is skipped when what it makes is already there.
 set -euo pipefail
@@ -21,6 +27,11 @@ SUITE=bookworm
 # what agents and the escape tests run inside: the Claude Code CLI needs node, the attacks python3
 PACKAGES=python3,nodejs,git,socat,curl,ca-certificates,procps,openssh-client
 HOST="unix://$RUN_DIR/docker.sock"
+PODMAN_CONF=${CORRAL_ENGINE_PODMAN_CONF:-$RUN_DIR/containers.conf}
+# podman's highest working limits here: the hard nofile of root, and conmon's hard nproc
+PODMAN_NOFILE=$(ulimit -Hn)
+if [ "$PODMAN_NOFILE" = unlimited ] || [ "$PODMAN_NOFILE" -gt 1048576 ]; then PODMAN_NOFILE=1048576; fi
+PODMAN_NPROC=32768
 
 answers() { DOCKER_HOST=$HOST docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
 
@@ -53,22 +64,46 @@ mirror() {
 	echo "$uri"
 }
 
+rootfs() {
+	[ -s "$ROOTFS_TAR" ] && return 0
+	local root
+	root=$(mktemp -d "${TMPDIR:-/tmp}/corral-rootfs.XXXXXX")
+	echo "building the $SUITE root file system with debootstrap (about a minute)"
+	debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$root" "$(mirror)" >"$root.log" 2>&1 ||
+		{ tail -20 "$root.log" >&2; rm -rf "$root" "$root.log"; return 1; }
+	rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+	mkdir -p "$(dirname "$ROOTFS_TAR")"
+	tar -C "$root" -cf "$ROOTFS_TAR.part" . && mv "$ROOTFS_TAR.part" "$ROOTFS_TAR"
+	rm -rf "$root" "$root.log"
+}
+
 image() {
 	start
-	DOCKER_HOST=$HOST docker image inspect "$IMAGE" >/dev/null 2>&1 && return 0
-	if [ ! -s "$ROOTFS_TAR" ]; then
-		local root
-		root=$(mktemp -d "${TMPDIR:-/tmp}/corral-rootfs.XXXXXX")
-		echo "building the $SUITE root file system with debootstrap (about a minute)"
-		debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$root" "$(mirror)" >"$root.log" 2>&1 ||
-			{ tail -20 "$root.log" >&2; rm -rf "$root" "$root.log"; return 1; }
-		rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-		mkdir -p "$(dirname "$ROOTFS_TAR")"
-		tar -C "$root" -cf "$ROOTFS_TAR.part" . && mv "$ROOTFS_TAR.part" "$ROOTFS_TAR"
-		rm -rf "$root" "$root.log"
+	if ! DOCKER_HOST=$HOST docker image inspect "$IMAGE" >/dev/null 2>&1; then
+		rootfs
+		DOCKER_HOST=$HOST docker import --change 'CMD ["/bin/bash"]' "$ROOTFS_TAR" "$IMAGE" >/dev/null
+		echo "built the image $IMAGE"
 	fi
-	DOCKER_HOST=$HOST docker import --change 'CMD ["/bin/bash"]' "$ROOTFS_TAR" "$IMAGE" >/dev/null
-	echo "built the image $IMAGE"
+	if command -v podman >/dev/null; then podman_image; fi
+}
+
+podman_conf() {
+	local text
+	text=$(printf '%s\n' "[containers]" \
+		"default_ulimits = [\"nofile=$PODMAN_NOFILE:$PODMAN_NOFILE\", \"nproc=$PODMAN_NPROC:$PODMAN_NPROC\"]" \
+		"[engine]" "runtime = \"runc\"")
+	[ "$(cat "$PODMAN_CONF" 2>/dev/null)" = "$text" ] && return 0
+	mkdir -p "$(dirname "$PODMAN_CONF")"
+	printf '%s\n' "$text" >"$PODMAN_CONF.part" && mv "$PODMAN_CONF.part" "$PODMAN_CONF"
+}
+
+podman_image() {
+	command -v podman >/dev/null || { echo "podman is not installed; make system installs it" >&2; return 1; }
+	podman_conf
+	CONTAINERS_CONF=$PODMAN_CONF podman image exists "$IMAGE" && return 0
+	rootfs
+	CONTAINERS_CONF=$PODMAN_CONF podman import --quiet --change 'CMD ["/bin/bash"]' "$ROOTFS_TAR" "$IMAGE" >/dev/null
+	echo "imported the image $IMAGE into podman"
 }
 
 stop() {
@@ -84,7 +119,9 @@ stop() {
 case "${1:-}" in
 start) start ;;
 image) image ;;
+podman-image) podman_image ;;
 stop) stop ;;
 host) echo "$HOST" ;;
-*) echo "usage: $0 start|image|stop|host" >&2; exit 2 ;;
+podman-conf) podman_conf && echo "$PODMAN_CONF" ;;
+*) echo "usage: $0 start|image|podman-image|stop|host|podman-conf" >&2; exit 2 ;;
 esac

@@ -20,7 +20,7 @@ import pytest
 from tests.claude import claude_bin
 from tests.gitserver import git
 from tests.standin_api import StandinAPI
-from tests.tools import ENGINE_HOST, ENGINE_IMAGE, require, require_engine, require_root
+from tests.tools import ENGINE_IMAGE, ENGINES, engine_containers, engine_env, require, require_engine, require_root
 
 pytestmark = pytest.mark.sandbox
 
@@ -103,7 +103,8 @@ def session_env(tmp_path: Path, api: StandinAPI) -> dict[str, str]:
         "ANTHROPIC_API_KEY": REAL_KEY,
         "CLAUDE_CODE_MAX_RETRIES": "0",
         "PYTHONPATH": str(ROOT / "src"),
-        "DOCKER_HOST": ENGINE_HOST,
+        **engine_env("docker"),
+        **engine_env("podman"),
     }
 
 
@@ -114,35 +115,28 @@ def launch(tmux: list[str], cwd: Path, env: dict[str, str], *args: str) -> None:
     subprocess.run([*tmux, "set-option", "-t", "s", "remain-on-exit", "on"], check=True)
 
 
-BOTTLES = {"bwrap": "", "docker": f'backend = "docker"\nimage = "{ENGINE_IMAGE}"\n'}
+BOTTLES = {"bwrap": "", **{e: f'backend = "{e}"\nimage = "{ENGINE_IMAGE}"\n' for e in ENGINES}}
 
 
 @pytest.fixture(params=sorted(BOTTLES))
-def bottle(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The ``[bottles.dev]`` table of each backend (docker: the tests' engine and image)."""
-    if request.param == "docker":
-        require_engine(monkeypatch)
-    return str(BOTTLES[request.param])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each backend of a bottle (docker and podman: the tests' engine and image)."""
+    if request.param in ENGINES:
+        require_engine(monkeypatch, request.param)
+    return str(request.param)
 
 
-def containers() -> list[str]:
-    """corral's containers in the tests' engine (each session removes its own)."""
-    listed = subprocess.run(
-        ["docker", "ps", "--all", "--filter", "label=corral.slot", "--format", "{{.Names}}"],
-        env={**os.environ, "DOCKER_HOST": ENGINE_HOST},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return listed.stdout.split()
+def containers(engine: str) -> list[str]:
+    """corral's containers in the tests' ``engine`` (each session removes its own)."""
+    return engine_containers(engine, "corral.slot")
 
 
 def test_interactive_session_answers_and_leaves_nothing(
-    tmp_path: Path, api: StandinAPI, tmux: list[str], bottle: str
+    tmp_path: Path, api: StandinAPI, tmux: list[str], backend: str
 ) -> None:
     project = tmp_path / "project"
     project.mkdir()
-    (project / "corral.toml").write_text(f'[agents.coder]\nbottle = "dev"\n\n[bottles.dev]\n{bottle}')
+    (project / "corral.toml").write_text(f'[agents.coder]\nbottle = "dev"\n\n[bottles.dev]\n{BOTTLES[backend]}')
     env = session_env(tmp_path, api)
     launch(tmux, project, env, "coder", "--yes")
     shown = wait_for(tmux, "remote control:")
@@ -159,8 +153,8 @@ def test_interactive_session_answers_and_leaves_nothing(
     shown = wait_for(tmux, "CORRAL-EXIT=")
     assert "CORRAL-EXIT=0" in shown
     assert_clean(home)
-    if "docker" in bottle:
-        assert containers() == []
+    if backend in ENGINES:
+        assert containers(backend) == []
 
 
 def test_cwd_session_keeps_a_patch_and_never_writes_the_host_tree(
@@ -192,10 +186,10 @@ def test_cwd_session_keeps_a_patch_and_never_writes_the_host_tree(
     assert_clean(Path(env["CORRAL_HOME"]))
 
 
-def test_killed_cli_is_reaped_by_the_next_start(tmp_path: Path, api: StandinAPI, tmux: list[str], bottle: str) -> None:
+def test_killed_cli_is_reaped_by_the_next_start(tmp_path: Path, api: StandinAPI, tmux: list[str], backend: str) -> None:
     project = tmp_path / "project"
     project.mkdir()
-    (project / "corral.toml").write_text(f'[agents.coder]\nbottle = "dev"\n\n[bottles.dev]\n{bottle}')
+    (project / "corral.toml").write_text(f'[agents.coder]\nbottle = "dev"\n\n[bottles.dev]\n{BOTTLES[backend]}')
     env = session_env(tmp_path, api)
     launch(tmux, project, env, "coder", "--yes")
     wait_for(tmux, "bypass permissions on")
@@ -205,8 +199,8 @@ def test_killed_cli_is_reaped_by_the_next_start(tmp_path: Path, api: StandinAPI,
     os.kill(pid, 9)
     wait_for(tmux, "CORRAL-EXIT=")
     assert (home / "sessions" / "coder").is_dir()  # a leftover, its lock free
-    if "docker" in bottle:
-        assert containers() != []  # the engine keeps it running: only the next start can remove it
+    if backend in ENGINES:
+        assert containers(backend) != []  # the engine keeps it running: only the next start can remove it
     done = subprocess.run(
         [*start_argv("coder", "--dry-run")], cwd=project, env={**os.environ, **env}, capture_output=True, text=True
     )
@@ -223,5 +217,5 @@ def test_killed_cli_is_reaped_by_the_next_start(tmp_path: Path, api: StandinAPI,
     )
     assert "Not launched." in done.stdout  # no terminal to ask on: not launched, but leftovers reaped
     assert_clean(home)
-    if "docker" in bottle:
-        assert containers() == []
+    if backend in ENGINES:
+        assert containers(backend) == []

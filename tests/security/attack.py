@@ -27,6 +27,8 @@ from corral.sandbox.spec import Limits, RunResult, SandboxSpec
 from corral.settings import Settings
 
 DEFAULT_LIMITS = Limits(memory=256 << 20, pids=64, timeout=10)
+SAME_AS_DOCKER: Any = object()
+"""``Attacker.on``'s default for podman: the value given for docker."""
 
 SYSCALLS = {
     "x86_64": {
@@ -89,14 +91,19 @@ class Attacker:
 
     @property
     def backend(self) -> str:
-        """``bwrap`` or ``docker``: the backend the attacks run on."""
+        """``bwrap``, ``docker`` or ``podman``: the backend the attacks run on."""
         from corral.sandbox.container import ContainerSandbox
 
-        return "docker" if isinstance(self.sandbox, ContainerSandbox) else "bwrap"
+        return self.sandbox.engine if isinstance(self.sandbox, ContainerSandbox) else "bwrap"
 
-    def on(self, *, bwrap: Any, docker: Any) -> Any:
-        """The value given for this attacker's backend: where the same attack fails another way there."""
-        return docker if self.backend == "docker" else bwrap
+    def on(self, *, bwrap: Any, docker: Any, podman: Any = SAME_AS_DOCKER) -> Any:
+        """The value given for this attacker's backend: where the same attack fails another way there.
+
+        Podman fails as Docker does unless ``podman`` says otherwise.
+        """
+        if self.backend == "podman" and podman is not SAME_AS_DOCKER:
+            return podman
+        return bwrap if self.backend == "bwrap" else docker
 
     def run(self, *command: str, on_start: Callable[[Supervised], None] | None = None, **fields: Any) -> RunResult:
         """Run ``command``; ``fields`` are ``SandboxSpec`` fields (limits default to ``DEFAULT_LIMITS``)."""

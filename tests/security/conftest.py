@@ -1,13 +1,12 @@
 """Fixtures of the escape tests: an attacker on every backend, and a check that no run leaves anything behind.
 
 Every test that uses the ``sandbox`` (or the ``attacker``) runs once per backend: bubblewrap, and
-Docker with the tests' engine. A test about one backend's own machinery says so with
+Docker and Podman with the tests' engines. A test about one backend's own machinery says so with
 ``@pytest.mark.backends("bwrap")``.
 """
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +20,9 @@ from corral.sandbox.container import LABEL, ContainerSandbox
 from corral.sandbox.spec import RunResult
 from corral.settings import Settings
 from tests.security.attack import Attacker, host_mounts, leftovers
-from tests.tools import ENGINE_IMAGE, require, require_engine
+from tests.tools import ENGINE_IMAGE, engine_containers, require, require_engine
 
-BACKENDS = ("bwrap", "docker")
+BACKENDS = ("bwrap", "docker", "podman")
 LEFTOVER_GRACE = 3.0
 """Seconds a killed tree may take to disappear (die-with-parent is asynchronous)."""
 
@@ -36,9 +35,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def sandbox(backend: str, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> SandboxBackend:
-    if backend in ("docker", "runsc"):
-        require_engine(monkeypatch)
-        return ContainerSandbox(settings, image=ENGINE_IMAGE, runtime="runsc" if backend == "runsc" else "runc")
+    if backend in ("docker", "podman", "runsc"):
+        engine = "podman" if backend == "podman" else "docker"
+        require_engine(monkeypatch, engine)
+        runtime = "runsc" if backend == "runsc" else "runc"
+        return ContainerSandbox(settings, image=ENGINE_IMAGE, engine=engine, runtime=runtime)
     require("bwrap")
     return BwrapSandbox(settings)
 
@@ -58,7 +59,8 @@ def nothing_left_behind(request: pytest.FixtureRequest, monkeypatch: pytest.Monk
         yield
         return
     settings: Settings = request.getfixturevalue("settings")
-    docker = request.getfixturevalue("backend") != "bwrap"
+    backend = request.getfixturevalue("backend")
+    engine = None if backend == "bwrap" else "podman" if backend == "podman" else "docker"
     used: set[int] = set()
     for backend in (BwrapSandbox, ContainerSandbox):
         monkeypatch.setattr(backend, "run", _recording(backend.run, used))
@@ -67,7 +69,7 @@ def nothing_left_behind(request: pytest.FixtureRequest, monkeypatch: pytest.Monk
     driver = BwrapSandbox(settings).driver
     deadline = time.monotonic() + LEFTOVER_GRACE
     while (
-        left := leftovers(settings, driver, used) | (_containers(used) if docker else set())
+        left := leftovers(settings, driver, used) | (_containers(engine, used) if engine else set())
     ) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert left == set(), f"left behind on the host: {sorted(left)}"
@@ -83,12 +85,6 @@ def _recording(run: Any, used: set[int]) -> Any:
     return recording_run
 
 
-def _containers(slots: set[int]) -> set[str]:
-    """Containers of the given slots that still exist (each run removes its own)."""
-    if not slots:
-        return set()
-    filters = [arg for slot in sorted(slots) for arg in ("--filter", f"label={LABEL}=s{slot}")]
-    listed = subprocess.run(
-        ["docker", "ps", "--all", "--format", "{{.Names}}", *filters], capture_output=True, text=True, check=True
-    )
-    return {f"container {name}" for name in listed.stdout.split()}
+def _containers(engine: str, slots: set[int]) -> set[str]:
+    """Containers of the given slots that still exist in ``engine`` (each run removes its own)."""
+    return {f"container {name}" for slot in sorted(slots) for name in engine_containers(engine, f"{LABEL}=s{slot}")}

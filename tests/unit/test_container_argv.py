@@ -8,8 +8,8 @@ import pytest
 
 from corral.errors import UsageError
 from corral.sandbox import paths, seccomp
-from corral.sandbox.container import INSIDE_SOCKET, MASK, build_run_argv, cli_env
-from corral.sandbox.spec import Limits, SandboxSpec
+from corral.sandbox.container_argv import INSIDE_SOCKET, MASK, build_run_argv, cli_env
+from corral.sandbox.spec import SANDBOX_HOME, Limits, SandboxSpec
 
 WS = Path("/srv/jobs/j1/repo")
 EMPTY = paths.Layout(system=(), protected=(), pinned=(), masks=())
@@ -116,10 +116,50 @@ def test_a_path_the_mount_syntax_cannot_carry_is_refused() -> None:
         argv(SandboxSpec(("true",), Path("/srv/a,b")))
 
 
-def test_podman_gets_the_same_line() -> None:
-    command = argv(SandboxSpec(("true",), WS), engine="podman")
-    assert command[:2] == ["podman", "run"]
-    assert command[2:] == argv(SandboxSpec(("true",), WS))[2:]
+def without(command: list[str], valued: set[str], bare: set[str]) -> list[str]:
+    """``command`` less the ``valued`` flags with their values, and less the ``bare`` flags."""
+    kept: list[str] = []
+    for i, arg in enumerate(command):
+        if arg not in valued | bare and (i == 0 or command[i - 1] not in valued):
+            kept.append(arg)
+    return kept
+
+
+def test_podman_gets_dockers_line_in_its_own_words() -> None:
+    """What podman spells or defaults otherwise is said its way; the rest of the line is docker's."""
+    layout = paths.Layout(system=(), protected=(), pinned=(), masks=((WS / ".ssh", True),))
+    docker = argv(SandboxSpec(("true",), WS), layout)
+    podman = argv(SandboxSpec(("true",), WS), layout, engine="podman")
+    assert podman[:2] == ["podman", "run"]
+    assert {"--passwd=false", "--read-only-tmpfs=false"} <= set(podman)
+    assert pairs(podman, "--sysctl") == ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv4.ping_group_range=1 0"]
+    assert pairs(podman, "--tmpfs") == [
+        "/tmp:rw,nosuid,nodev,exec,notmpcopyup,mode=1777",
+        "/run:rw,nosuid,nodev,exec,notmpcopyup,mode=755",
+        f"{SANDBOX_HOME}:rw,nosuid,nodev,exec,notmpcopyup,mode=700,U",
+    ]
+    assert pairs(podman, "--mount") == [
+        "type=tmpfs,destination=/sys/fs/cgroup,ro,notmpcopyup",
+        "type=tmpfs,destination=/sys,ro,notmpcopyup",
+        f"type=bind,source={WS},destination={WS}",
+        f"type=tmpfs,destination={WS / '.ssh'},ro,notmpcopyup",
+    ]
+    valued, bare = {"--sysctl", "--tmpfs", "--mount"}, {"--passwd=false", "--read-only-tmpfs=false"}
+    assert without(podman[1:], valued, bare) == without(docker[1:], valued, bare)
+
+
+def test_podman_takes_gvisor_before_run() -> None:
+    command = argv(SandboxSpec(("true",), WS), engine="podman", runtime="runsc")
+    assert command[: command.index("run")] == [
+        "podman",
+        "--runtime",
+        "runsc",
+        "--runtime-flag",
+        "network=none",
+        "--runtime-flag",
+        "fsgofer-host-uds",
+    ]
+    assert "--runtime" not in command[command.index("run") :]
 
 
 def test_the_seccomp_rules_become_an_engine_profile() -> None:

@@ -236,6 +236,13 @@ class BwrapSandbox:
 
     def _reap_slot(self, slot: slots.Slot) -> list[str]:
         reaped = []
+        engine = slot.facts().get("engine")
+        if engine in ("docker", "podman"):  # the slot's dead holder ran a container
+            from corral.errors import CorralError
+            from corral.sandbox.container import ContainerSandbox
+
+            with contextlib.suppress(CorralError):  # an engine that is gone has no container left
+                reaped += ContainerSandbox(self.settings, image="", engine=engine).reap_slot(slot)
         own = self.driver.group(slot.name)
         for group in (own, cgroups.Cgroup.from_roles(*slots.leftover_cgroups(slot))):
             if any(d.exists() for d in group.dirs):

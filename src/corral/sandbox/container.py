@@ -17,6 +17,9 @@ in and socat runs inside. Either way the command waits until the relay listens.
 
 The container is named ``corral-<slot>-<random>`` and labelled with its slot, so a container a
 killed caller left behind is found and removed by the next run (its slot is free by then).
+
+The command line itself is ``container_argv``'s. Podman's own configuration (its runtime, default
+ulimits, storage) is the user's: corral passes ``CONTAINERS_CONF`` through to it.
 """
 
 from __future__ import annotations
@@ -32,133 +35,21 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Literal
 
 from corral.errors import SandboxError, SandboxUnavailableError, UsageError
 from corral.sandbox import bridge, paths, seccomp, slots
 from corral.sandbox.bwrap import check_files as check_bwrap_files
 from corral.sandbox.bwrap import classify, real_paths, secret_trees, shared_trees
+from corral.sandbox.container_argv import DIALECTS, LABEL, MASK, Engine, Runtime, build_run_argv, cli_env
 from corral.sandbox.process import OutputSink, Supervised, TailBuffer
-from corral.sandbox.spec import SANDBOX_HOME, RunResult, SandboxSpec, Violation
+from corral.sandbox.spec import RunResult, SandboxSpec, Violation
 from corral.settings import Settings
 
-__all__ = ["ContainerSandbox", "Engine", "Runtime", "build_run_argv", "cli_env"]
+__all__ = ["LABEL", "ContainerSandbox", "Engine", "Runtime", "build_run_argv", "cli_env"]
 
-Engine = Literal["docker", "podman"]
-Runtime = Literal["runc", "runsc"]
-
-LABEL = "corral.slot"
-INSIDE_SOCKET = "/run/corral-egress.sock"
-MASK = Path("/")
-"""The key of ``files`` whose host file masks secret files: empty, mode 0, owned by root."""
 OOM_EXIT = 137
 REAP_INTERVAL = 30.0
 CLI_TIMEOUT = 60.0
-WAIT_FOR_RELAY = (
-    f'while ! grep -q " 0100007F:{bridge.RELAY_PORT:04X} 00000000:0000 0A " /proc/net/tcp; do sleep 0.005; done'
-)
-"""Shell that returns once something listens on 127.0.0.1:3128 in the container's network."""
-RELAY_INSIDE = (
-    f"socat TCP-LISTEN:{bridge.RELAY_PORT},bind=127.0.0.1,reuseaddr,fork,backlog=256 "
-    f"UNIX-CONNECT:{INSIDE_SOCKET} </dev/null >/dev/null 2>&1 &"
-)
-CLI_NAMES = frozenset({"PATH", "HOME", "TMPDIR", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME"})
-"""Variables the engine's CLI reads itself: passed with their values on its command line, never
-through its environment (names with the prefixes below too)."""
-CLI_PREFIXES = ("DOCKER_", "CONTAINER", "PODMAN_", "BUILDAH_", "REGISTRY_AUTH")
-
-
-def _cli_name(name: str) -> bool:
-    return name in CLI_NAMES or name.startswith(CLI_PREFIXES)
-
-
-def build_run_argv(
-    spec: SandboxSpec,
-    layout: paths.Layout,
-    *,
-    engine: Engine,
-    image: str,
-    runtime: Runtime,
-    name: str,
-    slot: str,
-    user: tuple[int, int],
-    profile: Path,
-    files: Mapping[Path, Path],
-    tty: bool = False,
-    interactive: bool = False,
-) -> list[str]:
-    """The complete ``docker run`` / ``podman run`` command line for ``spec`` (pure: no I/O).
-
-    ``files`` maps each file to place inside to the host file holding it, and ``MASK`` to an empty
-    file no one may open that hides a secret file inside a bound tree; ``profile`` is the
-    seccomp profile (JSON) of the engine. Environment values never appear here but for the
-    names the engine's CLI reads itself: ``-e NAME`` takes the value from the CLI's environment.
-    """
-    uid, gid = user
-    limits = spec.limits
-    argv = [engine, "run", "--name", name, "--label", f"{LABEL}={slot}", "--network", "none", "--init"]
-    argv += ["--user", f"{uid}:{gid}", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
-    argv += ["--security-opt", f"seccomp={profile}", "--read-only", "--hostname", spec.hostname]
-    argv += ["--log-driver", "none", "--pull", "never"]
-    if runtime == "runsc":
-        argv += ["--runtime", "runsc"]
-    if tty:
-        argv += ["--tty"]
-    if interactive:
-        argv += ["--interactive"]
-    if limits.memory is not None:
-        argv += ["--memory", str(limits.memory), "--memory-swap", str(limits.memory)]
-    if limits.pids is not None:
-        argv += ["--pids-limit", str(limits.pids)]
-    if limits.cpus is not None:
-        argv += ["--cpus", f"{limits.cpus:g}"]
-    scratch = "rw,nosuid,nodev,exec"
-    argv += ["--tmpfs", f"/tmp:{scratch},mode=1777", "--tmpfs", f"/run:{scratch},mode=755"]
-    argv += ["--tmpfs", f"{SANDBOX_HOME}:{scratch},mode=700,uid={uid},gid={gid}"]
-    argv += ["--mount", "type=tmpfs,destination=/sys,readonly"]  # the host's devices, cgroups and kernel knobs
-    argv += ["--sysctl", "net.ipv4.ping_group_range=1 0"]  # no unprivileged ICMP sockets (docker allows them)
-    for path in spec.ro_binds:
-        argv += ["--mount", _bind(path, path, read_only=True)]
-    argv += ["--mount", _bind(spec.workspace, spec.workspace, read_only=False)]
-    for path in layout.pinned:
-        argv += ["--mount", _bind(path, path, read_only=False)]
-    for path in layout.protected:
-        argv += ["--mount", _bind(path, path, read_only=True)]
-    for mask, is_dir in layout.masks:
-        if is_dir:
-            argv += ["--mount", f"type=tmpfs,destination={mask},readonly"]
-        else:
-            argv += ["--mount", _bind(files[MASK], mask, read_only=True)]
-    for dest, source in sorted(files.items()):
-        if dest == MASK:
-            continue
-        argv += ["--mount", _bind(source, dest, read_only=True)]
-    command = list(spec.command)
-    if spec.egress is not None:
-        if runtime == "runsc":
-            argv += ["--mount", _bind(spec.egress, Path(INSIDE_SOCKET), read_only=False)]
-            command = ["/bin/sh", "-c", f'{RELAY_INSIDE} {WAIT_FOR_RELAY}; exec "$@"', "corral-relay", *command]
-        else:
-            command = ["/bin/sh", "-c", f'{WAIT_FOR_RELAY}; exec "$@"', "corral-wait", *command]
-    for key, value in sorted(spec.full_env().items()):
-        argv += ["--env", f"{key}={value}" if _cli_name(key) else key]
-    argv += ["--workdir", str(spec.cwd or spec.workspace), image]
-    return [*argv, *command]
-
-
-def _bind(source: Path, dest: Path, *, read_only: bool) -> str:
-    for path in (source, dest):
-        if "," in str(path) or "=" in str(path):
-            msg = f"The path {path} has a ',' or '=', which the engine's --mount syntax cannot carry; rename it."
-            raise UsageError(msg)
-    return f"type=bind,source={source},destination={dest}" + (",readonly" if read_only else "")
-
-
-def cli_env(environ: Mapping[str, str], sandbox_env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The engine CLI's environment: what it reads from the host, and the values ``-e NAME`` passes on."""
-    own = {key: value for key, value in environ.items() if _cli_name(key)}
-    own.setdefault("PATH", os.defpath)
-    return {**{k: v for k, v in (sandbox_env or {}).items() if not _cli_name(k)}, **own}
 
 
 @dataclasses.dataclass
@@ -233,11 +124,10 @@ class ContainerSandbox:
             raise SandboxUnavailableError(msg)
 
     def runtime_registered(self, runtime: str) -> bool:
-        """Whether the engine knows ``runtime`` (Docker lists its runtimes; Podman takes any on PATH)."""
+        """Whether the engine knows ``runtime``: Docker lists its runtimes; Podman finds it (by its containers.conf)."""
         if self.engine == "podman":
-            import shutil
-
-            return shutil.which(runtime) is not None
+            found = self.cli("--runtime", runtime, "info", "--format", "{{.Host.OCIRuntime.Name}}", check=False)
+            return found.returncode == 0
         done = self.cli("info", "--format", "{{json .Runtimes}}", check=False)
         try:
             return done.returncode == 0 and runtime in json.loads(done.stdout or "{}")
@@ -268,7 +158,7 @@ class ContainerSandbox:
         slot = slots.acquire(self.settings.runtime, self.settings.sandbox_slots)
         try:
             if slot.recorded:
-                self._reap_slot(slot)
+                self.reap_slot(slot)
             return self._run_in_slot(spec, layout, before, slot, on_output, stdin, on_start, tty)
         finally:
             slot.release()
@@ -276,7 +166,7 @@ class ContainerSandbox:
     def reap(self) -> list[str]:
         """Remove the containers (and ownership) callers left behind in slots nobody holds now."""
         self._reaped_at = time.monotonic()
-        listed = self.cli("ps", "--all", "--filter", f"label={LABEL}", "--format", f'{{{{.Label "{LABEL}"}}}}')
+        listed = self.cli("ps", "--all", "--filter", f"label={LABEL}", "--format", DIALECTS[self.engine].slot_label)
         found = {slots.check_index(name) for name in listed.stdout.split()}
         base = self.settings.sandbox_uid_base
         found |= {uid - base for uid in _uids().values() if base <= uid < base + self.settings.sandbox_slots}
@@ -285,16 +175,17 @@ class ContainerSandbox:
             slot = slots.lock_if_free(self.settings.runtime / "slots", index)
             if slot is not None:
                 try:
-                    reaped += self._reap_slot(slot)
+                    reaped += self.reap_slot(slot)
                 finally:
                     slot.release()
         return reaped
 
-    def _reap_slot(self, slot: slots.Slot) -> list[str]:
+    def reap_slot(self, slot: slots.Slot) -> list[str]:
+        """Remove the containers and processes of a free ``slot`` whose holder died, and give its workspace back."""
         listed = self.cli("ps", "--all", "--quiet", "--filter", f"label={LABEL}={slot.name}")
         reaped = [f"container {cid}" for cid in listed.stdout.split()]
         if reaped:
-            self.cli("rm", "--force", *listed.stdout.split(), check=False)
+            self._remove(*listed.stdout.split())
         uid = self.settings.sandbox_uid_base + slot.index
         for pid in [pid for pid, owner in _uids().items() if owner == uid]:  # a relay outlives its container
             with contextlib.suppress(ProcessLookupError):
@@ -346,12 +237,16 @@ class ContainerSandbox:
                 tty=tty is not None,
                 interactive=tty is not None or stdin is not None,
             )
+            cwd = _files_dir(self.settings.runtime, slot.name)  # the CLI's, and so podman's conmon's
+            if self.engine == "podman":  # conmon 2.1 notes an OOM kill there (a file named oom), not where podman looks
+                cwd.mkdir(parents=True, exist_ok=True, mode=0o700)
             proc = Supervised(
                 argv,
                 env=cli_env(self.environ, spec.full_env()),
                 stdin=stdin,
                 kill_tree=functools.partial(self._signal, name, 9),
                 tty=tty,
+                preexec=functools.partial(os.chdir, cwd) if self.engine == "podman" else None,
             )
             undo.callback(proc.abort)
             if spec.egress is not None and self.runtime == "runc":
@@ -367,7 +262,7 @@ class ContainerSandbox:
             out, err = TailBuffer(self.settings.output_limit), TailBuffer(self.settings.output_limit)
             code = proc.pump(out, err, on_output, spec.limits.timeout)
             duration = time.monotonic() - proc.started
-            oom = code == OOM_EXIT and self._oom_killed(name)
+            oom = code == OOM_EXIT and self._oom_killed(name, cwd / "oom")
         created = paths.remove_created(spec.workspace, before)
         violations = tuple(
             Violation("protected-path", str(p), "created inside the sandbox; removed after the run") for p in created
@@ -389,12 +284,16 @@ class ContainerSandbox:
 
         return send
 
-    def _oom_killed(self, name: str) -> bool:
+    def _oom_killed(self, name: str, note: Path) -> bool:
+        """Whether the kernel killed the container for memory: conmon left its ``note``, or the engine says so."""
+        if note.exists():
+            return True
         done = self.cli("inspect", "--format", "{{.State.OOMKilled}}", name, check=False)
         return done.stdout.strip() == "true"
 
-    def _remove(self, name: str) -> None:
-        self.cli("rm", "--force", name, check=False)
+    def _remove(self, *names: str) -> None:
+        """Remove containers at once, running or not."""
+        self.cli("rm", "--force", *DIALECTS[self.engine].remove_now, *names, check=False)
 
 
 def _uids() -> dict[int, int]:

@@ -42,7 +42,7 @@ class Slot:
         """Add to the notes of what must be undone if the holder dies (read back by ``facts``)."""
         import json
 
-        data = json.dumps({"pid": os.getpid(), **self.facts(), **facts}).encode()
+        data = json.dumps({**self.facts(), **facts, "pid": os.getpid()}).encode()
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, data, 0)
 
