@@ -23,7 +23,16 @@ from corral.sandbox.process import OutputSink, Supervised, TailBuffer
 from corral.sandbox.spec import SANDBOX_HOME, Reason, RunResult, SandboxSpec, Violation
 from corral.settings import Settings
 
-__all__ = ["BwrapSandbox", "build_argv", "classify", "real_paths", "resolve_command", "secret_trees", "shared_trees"]
+__all__ = [
+    "BwrapSandbox",
+    "build_argv",
+    "classify",
+    "plan_run",
+    "real_paths",
+    "resolve_command",
+    "secret_trees",
+    "shared_trees",
+]
 
 OOM_EXIT = 137
 REAP_INTERVAL = 30.0
@@ -161,12 +170,6 @@ class BwrapSandbox:
     def is_root(self) -> bool:
         return os.geteuid() == 0
 
-    def secrets(self) -> list[Path]:
-        return secret_trees(self.settings)
-
-    def shared(self) -> list[Path]:
-        return shared_trees(self.settings)
-
     def check(self, spec: SandboxSpec) -> None:
         """Refuse a spec that cannot run, before anything is started."""
         if not spec.command:
@@ -198,9 +201,7 @@ class BwrapSandbox:
     ) -> RunResult:
         """Run ``spec`` to its end and report how it ended; ``tty``: see ``SandboxBackend.run``."""
         self.check(spec)
-        spec = real_paths(spec)
-        before = paths.present(spec.workspace)
-        layout = paths.plan_layout(spec, self.secrets(), paths.find_protected(spec.workspace, before), self.shared())
+        spec, before, layout = plan_run(spec, self.settings)
         visible = [Path(p) for p, _ in layout.system] + [spec.workspace, *spec.ro_binds]
         resolve_command(spec, visible)
         if self._program is None:
@@ -363,6 +364,15 @@ def shared_trees(settings: Settings) -> list[Path]:
     """The trees of corral's home that sandboxes may be given: job and session directories, git mirrors."""
     home = Path(os.path.realpath(settings.home))
     return [home / "jobs", home / "git", home / "sessions"]
+
+
+def plan_run(spec: SandboxSpec, settings: Settings) -> tuple[SandboxSpec, frozenset[Path], paths.Layout]:
+    """What every backend decides before a run: the spec with real paths, the protected entries the
+    workspace has now (to find those the run creates), and the mounts."""
+    spec = real_paths(spec)
+    before = paths.present(spec.workspace)
+    protected = paths.find_protected(spec.workspace, before)
+    return spec, before, paths.plan_layout(spec, secret_trees(settings), protected, shared_trees(settings))
 
 
 def real_paths(spec: SandboxSpec) -> SandboxSpec:

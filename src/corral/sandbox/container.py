@@ -39,7 +39,7 @@ from pathlib import Path
 from corral.errors import SandboxError, SandboxUnavailableError, UsageError
 from corral.sandbox import bridge, paths, seccomp, slots
 from corral.sandbox.bwrap import check_files as check_bwrap_files
-from corral.sandbox.bwrap import classify, real_paths, secret_trees, shared_trees
+from corral.sandbox.bwrap import classify, plan_run
 from corral.sandbox.container_argv import DIALECTS, LABEL, MASK, Engine, Runtime, build_run_argv, cli_env
 from corral.sandbox.process import OutputSink, Supervised, TailBuffer
 from corral.sandbox.spec import RunResult, SandboxSpec, Violation
@@ -145,14 +145,7 @@ class ContainerSandbox:
     ) -> RunResult:
         """Run ``spec`` to its end in a fresh container; see ``SandboxBackend.run``."""
         self.check(spec)
-        spec = real_paths(spec)
-        before = paths.present(spec.workspace)
-        layout = paths.plan_layout(
-            spec,
-            secret_trees(self.settings),
-            paths.find_protected(spec.workspace, before),
-            shared_trees(self.settings),
-        )
+        spec, before, layout = plan_run(spec, self.settings)
         if time.monotonic() - self._reaped_at > REAP_INTERVAL:
             self.reap()
         slot = slots.acquire(self.settings.runtime, self.settings.sandbox_slots)
