@@ -29,6 +29,7 @@ __all__ = [
     "classify",
     "plan_run",
     "real_paths",
+    "remove_created",
     "resolve_command",
     "secret_trees",
     "shared_trees",
@@ -339,10 +340,7 @@ class BwrapSandbox:
             duration = time.monotonic() - proc.started
             oom = group is not None and code != 0 and group.oom_kills() > 0
             peak = group.peak_memory() if group is not None else None
-        created = paths.remove_created(spec.workspace, before)
-        violations = tuple(
-            Violation("protected-path", str(p), "created inside the sandbox; removed after the run") for p in created
-        )
+        violations = remove_created(spec.workspace, before)
         wants_limits = any(v is not None for v in (limits.memory, limits.pids, limits.cpus))
         return _result(
             code, proc.killed_by, oom, duration, peak, out, err, self.driver, wants_limits, violations, slot.name
@@ -373,6 +371,14 @@ def plan_run(spec: SandboxSpec, settings: Settings) -> tuple[SandboxSpec, frozen
     before = paths.present(spec.workspace)
     protected = paths.find_protected(spec.workspace, before)
     return spec, before, paths.plan_layout(spec, secret_trees(settings), protected, shared_trees(settings))
+
+
+def remove_created(workspace: Path, before: frozenset[Path]) -> tuple[Violation, ...]:
+    """Remove the protected paths the run created in ``workspace``; each is a violation to report."""
+    return tuple(
+        Violation("protected-path", str(path), "created inside the sandbox; removed after the run")
+        for path in paths.remove_created(workspace, before)
+    )
 
 
 def real_paths(spec: SandboxSpec) -> SandboxSpec:

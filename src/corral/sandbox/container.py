@@ -39,7 +39,7 @@ from pathlib import Path
 from corral.errors import SandboxError, SandboxUnavailableError, UsageError
 from corral.sandbox import bridge, paths, seccomp, slots
 from corral.sandbox.bwrap import check_files as check_bwrap_files
-from corral.sandbox.bwrap import classify, plan_run
+from corral.sandbox.bwrap import classify, plan_run, remove_created
 from corral.sandbox.container_argv import DIALECTS, LABEL, MASK, Engine, Runtime, build_run_argv, cli_env
 from corral.sandbox.process import OutputSink, Supervised, TailBuffer
 from corral.sandbox.spec import RunResult, SandboxSpec, Violation
@@ -256,10 +256,7 @@ class ContainerSandbox:
             code = proc.pump(out, err, on_output, spec.limits.timeout)
             duration = time.monotonic() - proc.started
             oom = code == OOM_EXIT and self._oom_killed(name, cwd / "oom")
-        created = paths.remove_created(spec.workspace, before)
-        violations = tuple(
-            Violation("protected-path", str(p), "created inside the sandbox; removed after the run") for p in created
-        )
+        violations = remove_created(spec.workspace, before)
         return _result(code, proc.killed_by, oom, duration, out, err, violations, slot.name)
 
     def _signal(self, name: str, signum: int) -> None:
@@ -305,15 +302,10 @@ def _first_process(uid: int, proc: Supervised, timeout: float = 30.0) -> int:
     own = Path("/proc/self/ns/net").stat().st_ino
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with os.scandir("/proc") as entries:
-            for entry in entries:
-                if not entry.name.isdigit():
-                    continue
-                try:
-                    if entry.stat().st_uid == uid and Path(f"/proc/{entry.name}/ns/net").stat().st_ino != own:
-                        return int(entry.name)
-                except OSError:
-                    continue
+        for pid, owner in _uids().items():
+            with contextlib.suppress(OSError):
+                if owner == uid and Path(f"/proc/{pid}/ns/net").stat().st_ino != own:
+                    return pid
         if proc.popen.poll() is not None:
             break
         time.sleep(0.002)
