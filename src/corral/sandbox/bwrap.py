@@ -248,7 +248,7 @@ class BwrapSandbox:
         own = self.driver.group(slot.name)
         for group in (own, cgroups.Cgroup.from_roles(*slots.leftover_cgroups(slot))):
             if any(d.exists() for d in group.dirs):
-                _remove_group(group)
+                group.remove()
                 reaped.append(f"cgroups of {slot.name}")
         staging.clear(self.settings.runtime, slot.name)
         leftover = slots.leftover_owner(slot)
@@ -272,11 +272,9 @@ class BwrapSandbox:
         limits = spec.limits
         host_uid = self.settings.sandbox_uid_base + slot.index if self.is_root else None
         with contextlib.ExitStack() as undo:  # undone in reverse: fds, workspace owner, cgroups
-            group = None
-            if self.driver.available:
-                slot.record(cgroup_version=self.driver.version, cgroups=self.driver.group(slot.name).roles())
-                group = self.driver.create(slot.name, limits)
-                undo.callback(_remove_group, group)
+            group = self.driver.group(slot.name) if self.driver.available else None
+            if group is not None:
+                slot.record(cgroup_version=self.driver.version, cgroups=group.roles())
             if host_uid is not None:
                 owner = slots.take_owner(slot, spec.workspace, host_uid)
                 undo.callback(slots.restore_owner, spec.workspace, host_uid, owner)
@@ -317,6 +315,9 @@ class BwrapSandbox:
                 os.close(info_fd)
                 os.close(gate_fd)
             undo.callback(proc.abort)  # if anything below fails, the sandbox must not run on
+            if group is not None:  # while bwrap builds the sandbox: its command waits at the gate
+                group = self.driver.create(slot.name, limits)
+                undo.callback(group.remove)
             sandbox_pid = _sandbox_pid(info_read)
             not_the_command = {proc.pid, sandbox_pid or proc.pid}
             if group is not None and sandbox_pid is not None:
@@ -413,11 +414,6 @@ def _which(program: str, search: str) -> str | None:
         if os.access(candidate, os.X_OK) and not candidate.is_dir():
             return str(candidate)
     return None
-
-
-def _remove_group(group: cgroups.Cgroup) -> None:
-    group.kill()
-    group.remove()
 
 
 def _pipe_with(data: bytes, undo: contextlib.ExitStack) -> int:

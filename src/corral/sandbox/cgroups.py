@@ -140,7 +140,9 @@ class Cgroup:
         return 0
 
     def remove(self) -> None:
-        """Remove the groups; a group is busy for a moment after its last process exits."""
+        """Kill what is left inside and remove the groups; a group is busy for a moment after its
+        last process exits. An empty group (the usual case: the sandbox's init took its namespace
+        with it) goes at the first ``rmdir``, with no kill sweep."""
         for directory in self.dirs:
             for attempt in range(200):
                 try:
@@ -151,7 +153,7 @@ class Cgroup:
                 except OSError as err:
                     if err.errno != errno.EBUSY:
                         raise
-                    if attempt % 20 == 19:
+                    if attempt % 20 == 0:
                         self.kill()
                     time.sleep(0.0005 * (1 + attempt // 10))
 
