@@ -5,8 +5,9 @@ The server runs as users start it (a scratch ``CORRAL_HOME``, SQLite, the bwrap 
 small local repository. Eight client threads submit the jobs over HTTP (``POST /v1/jobs``); the
 benchmark then waits, bounded, until every job has ended, and reads the store. For each job the
 service's part is the time from its claim (the ``preparing`` event) to its end (``finished_at``)
-minus the sandbox's own run (``duration_ms`` of its result): checkout, store writes, the egress
-decision, commit and diff. The baseline, measured in the same run, is ``BwrapSandbox.run`` of
+minus the sandbox's own run (``duration_ms`` of its result: the whole ``BwrapSandbox.run`` call,
+its setup and cleanup included, as ``sandbox_spawn`` measures it): checkout, store writes, the
+egress decision, commit and diff. The baseline, measured in the same run, is ``BwrapSandbox.run`` of
 ``true`` alone in this process: what starting a sandbox costs when nothing else runs.
 
 Two more figures explain the result and are labelled as such: the CPU time the server process

@@ -3,14 +3,15 @@
 ``GitCache(root)`` keeps ``root/mirrors/<name>-<hash>`` (``git clone --mirror`` once, then ``git
 fetch --prune``) under an exclusive ``flock`` on ``<mirror>.lock``, so jobs in threads or
 processes never write one mirror at once. With ``refresh_interval`` N > 0 a mirror fetched less
-than N seconds ago (by any process: the mirror's file ``corral-fetched`` holds the time) is used as it is; a ref
-it does not have yet fetches at once. A checkout is made like ``git clone --shared
---no-checkout`` of the mirror would make it, without its transport round trip: ``git init``,
-``objects/info/alternates`` pointing at the mirror (objects are borrowed, never hard-linked: the
-sandbox's uid will own the checkout), ``origin`` set to the credential-free URL with the mirror's
-branches as ``refs/remotes/origin/*`` and its tags, then branch ``corral/<job-id>`` checked out.
-The sandbox must see ``Checkout.mirror`` read-only. Mirrors run with ``gc.auto=0``: a checkout's
-base objects live only there, so they are never pruned.
+than N seconds ago (by any process: the mirror's file ``corral-fetched`` holds the time) is used
+as it is; a ref it does not have yet fetches at once. A checkout is made like ``git clone --shared
+--no-checkout`` of the mirror would make it, without its transport round trip or a git process:
+what ``git init`` writes, ``objects/info/alternates`` pointing at the mirror (objects are
+borrowed, never hard-linked: the sandbox's uid will own the checkout), ``origin`` set to the
+credential-free URL with the mirror's branches as ``refs/remotes/origin/*`` and its tags, then
+branch ``corral/<job-id>`` checked out. The sandbox must see ``Checkout.mirror`` read-only.
+Mirrors run with ``gc.auto=0``: a checkout's base objects live only there, so they are never
+pruned.
 
 As root, a checkout writes none of the commit's files: it is an overlay (``gitlayers``) of a tree
 prepared once per commit under ``root/trees`` (``gittrees``), with the job's ``.git`` and changes
@@ -204,8 +205,8 @@ class GitCache:
 
     def _init(self, dest: Path, mirror: Path, remote: Remote) -> None:
         """What ``clone --shared --no-checkout`` of ``mirror`` writes, with ``origin`` at ``remote.url``."""
-        self._git(["init", "--quiet", "--", str(dest)], what=f"creating a repository at {dest}")
         gitdir = dest / ".git"
+        _skeleton(gitdir)
         (gitdir / "objects" / "info" / "alternates").write_text(f"{mirror / 'objects'}\n")
         refs, tags, default = self._refs(mirror)
         config = config_section("remote.origin", [("url", remote.url), ("fetch", FETCH_SPEC)])
@@ -515,6 +516,21 @@ def _branch(job_id: str) -> str:
     except RepoError:
         msg = f"The job id {job_id!r} cannot name the git branch corral/<job-id>; use letters, digits, '-' and '_'."
         raise RepoError(msg) from None
+
+
+SKELETON_CONFIG = (
+    "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n\tlogallrefupdates = true\n"
+)
+"""What ``git init`` writes in a new repository's config on Linux."""
+
+
+def _skeleton(gitdir: Path) -> None:
+    """What ``git init`` writes, without its process (6 ms of CPU) or its sample hooks: the
+    directories, an empty ``hooks`` (so a sandbox finds it read-only), ``HEAD`` and the config."""
+    for sub in ("hooks", "info", "objects/info", "objects/pack", "refs/heads", "refs/tags"):
+        (gitdir / sub).mkdir(parents=True, exist_ok=True)
+    (gitdir / "HEAD").write_text("ref: refs/heads/master\n")
+    (gitdir / "config").write_text(SKELETON_CONFIG)
 
 
 def _start_branch(gitdir: Path, branch: str, base: str, index: Path) -> None:

@@ -125,15 +125,14 @@ class Layers:
         """Unmount the overlay checkout at ``dest``; whether one was mounted there."""
         dest = Path(os.path.realpath(dest))
         with self._lock:
-            found = False
-            while overlay.mounted_at(dest) is not None:
+            stacked = sum(1 for entry in overlay.table() if entry.fstype == "overlay" and entry.point == dest)
+            for _ in range(stacked):  # one read of the mount table, however many are stacked there
                 try:
                     overlay.unmount(dest)
                 except OSError as err:
                     msg = f"The checkout {dest} could not be unmounted ({err.strerror}); see what still uses it."
                     raise WorkspaceError(msg) from None
-                found = True
-            return found
+            return stacked > 0
 
     def forget(self, dest: Path) -> None:
         """Unmount ``dest`` and remove its note and work directory (the checkout itself is the caller's)."""

@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ctypes
 
 __all__ = ["Mount", "mount", "mounted_at", "options", "parse_mountinfo", "table", "unmount"]
 
@@ -99,7 +104,7 @@ def mount(lower: Path, upper: Path, work: Path, target: Path) -> None:
         data = options(lower, upper, work)
     except ValueError as problem:
         raise OSError(errno.EINVAL, str(problem), str(target)) from None
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
     flags = MS_NOSUID | MS_NODEV
     if libc.mount(b"overlay", os.fsencode(target), b"overlay", ctypes.c_ulong(flags), data.encode()) != 0:
         err = ctypes.get_errno()
@@ -110,7 +115,7 @@ def unmount(target: Path) -> None:
     """Unmount ``target``; if something still uses it, detach it lazily (it goes when the last user does)."""
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
     if libc.umount2(os.fsencode(target), 0) == 0:
         return
     err = ctypes.get_errno()
@@ -118,3 +123,10 @@ def unmount(target: Path) -> None:
         return
     err = ctypes.get_errno() if err == errno.EBUSY else err
     raise OSError(err, os.strerror(err), str(target))
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)

@@ -2,8 +2,8 @@
 
 Every write runs in one transaction that first reads the job row ``FOR UPDATE``; on SQLite
 that transaction starts with ``BEGIN IMMEDIATE`` (the write lock is taken before the read),
-so writers in other threads and other processes queue behind it (WAL, ``busy_timeout``)
-instead of reading a state that is about to change. A move and the log entries that go with it
+so writers queue behind it (this process's on a lock of its own, other processes' through
+WAL and ``busy_timeout``) instead of reading a state that is about to change. A move and the log entries that go with it
 (its ``state`` event) are one transaction, and the statements of these paths are built once.
 The schema is owned by the alembic migrations in ``migrations/``; ``SqlJobStore.open`` brings a
 database to their head.
@@ -12,8 +12,10 @@ database to their head.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -207,6 +209,15 @@ class SqlJobStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._writer = engine.execution_options(corral_write=True)
+        self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        """SQLite's own wait for its write lock polls in sleeps of 1 to 100 ms; this process's writers
+        queue on a lock of their own instead (other processes still meet ``busy_timeout``)."""
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """A write transaction, behind this process's other writers."""
+        with self._write_lock, self._writer.begin() as conn:
+            yield conn
 
     @classmethod
     def open(cls, url: str) -> SqlJobStore:
@@ -263,7 +274,7 @@ class SqlJobStore:
                 "corral does not know: a newer corral wrote it. Upgrade corral, or set database_url to another store."
             )
             raise SettingsError(msg)
-        with self._writer.begin() as conn:  # one writer migrates; the others wait, then find it done
+        with self._writing() as conn:  # one writer migrates; the others wait, then find it done
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
 
@@ -276,7 +287,7 @@ class SqlJobStore:
             raise ConflictError(msg)
         _check_log(log)
         try:
-            with self._writer.begin() as conn:
+            with self._writing() as conn:
                 if job.idempotency_key is not None:
                     row = conn.execute(_BY_KEY, {"key": job.idempotency_key}).one_or_none()
                     if row is not None:
@@ -295,7 +306,7 @@ class SqlJobStore:
 
     def claim(self, owner: str) -> Job | None:
         now = utc_now()
-        with self._writer.begin() as conn:
+        with self._writing() as conn:
             row = conn.execute(_OLDEST_QUEUED).one_or_none()
             if row is None:
                 return None
@@ -384,7 +395,7 @@ class SqlJobStore:
                 raise UsageError(msg)
             values["result"] = None if result is None else json.dumps(result.to_dict())
         _check_log(log)
-        with self._writer.begin() as conn:
+        with self._writing() as conn:
             current = conn.execute(_STATE_LOCKED, {"job_id": job_id}).scalar_one_or_none()
             if current is None:
                 raise _not_found(job_id)
@@ -408,7 +419,7 @@ class SqlJobStore:
     def append_event(self, job_id: str, kind: str, data: str) -> Event:
         _check_log(((kind, data),))
         at = utc_now()
-        with self._writer.begin() as conn:
+        with self._writing() as conn:
             # Locking the job row serialises the writers of one job on databases with row locks.
             if conn.execute(_STATE_LOCKED, {"job_id": job_id}).first() is None:
                 raise _not_found(job_id)

@@ -201,6 +201,7 @@ class BwrapSandbox:
         tty: int | None = None,
     ) -> RunResult:
         """Run ``spec`` to its end and report how it ended; ``tty``: see ``SandboxBackend.run``."""
+        called = time.monotonic()
         self.check(spec)
         spec, before, layout = plan_run(spec, self.settings)
         visible = [Path(p) for p, _ in layout.system] + [spec.workspace, *spec.ro_binds]
@@ -214,7 +215,7 @@ class BwrapSandbox:
         try:
             if slot.recorded:
                 self._reap_slot(slot)
-            return self._run_in_slot(spec, layout, before, program, slot, on_output, stdin, on_start, tty)
+            return self._run_in_slot(spec, layout, before, program, slot, on_output, stdin, on_start, tty, called)
         finally:
             slot.release()
 
@@ -267,7 +268,8 @@ class BwrapSandbox:
         on_output: OutputSink | None,
         stdin: int | None,
         on_start: Callable[[Supervised], None] | None,
-        tty: int | None = None,
+        tty: int | None,
+        called: float,
     ) -> RunResult:
         limits = spec.limits
         host_uid = self.settings.sandbox_uid_base + slot.index if self.is_root else None
@@ -338,10 +340,10 @@ class BwrapSandbox:
                 on_start(proc)
             out, err = TailBuffer(self.settings.output_limit), TailBuffer(self.settings.output_limit)
             code = proc.pump(out, err, on_output, limits.timeout)
-            duration = time.monotonic() - proc.started
             oom = group is not None and code != 0 and group.oom_kills() > 0
             peak = group.peak_memory() if group is not None else None
         violations = remove_created(spec.workspace, before)
+        duration = time.monotonic() - called  # the whole run: setup and cleanup too
         wants_limits = any(v is not None for v in (limits.memory, limits.pids, limits.cpus))
         return _result(
             code, proc.killed_by, oom, duration, peak, out, err, self.driver, wants_limits, violations, slot.name

@@ -144,6 +144,7 @@ class ContainerSandbox:
         tty: int | None = None,
     ) -> RunResult:
         """Run ``spec`` to its end in a fresh container; see ``SandboxBackend.run``."""
+        called = time.monotonic()
         self.check(spec)
         spec, before, layout = plan_run(spec, self.settings)
         if time.monotonic() - self._reaped_at > REAP_INTERVAL:
@@ -152,7 +153,7 @@ class ContainerSandbox:
         try:
             if slot.recorded:
                 self.reap_slot(slot)
-            return self._run_in_slot(spec, layout, before, slot, on_output, stdin, on_start, tty)
+            return self._run_in_slot(spec, layout, before, slot, on_output, stdin, on_start, tty, called)
         finally:
             slot.release()
 
@@ -201,6 +202,7 @@ class ContainerSandbox:
         stdin: int | None,
         on_start: Callable[[Supervised], None] | None,
         tty: int | None,
+        called: float,
     ) -> RunResult:
         is_root = os.geteuid() == 0
         host_uid = self.settings.sandbox_uid_base + slot.index if is_root else None
@@ -254,9 +256,9 @@ class ContainerSandbox:
                 on_start(proc)
             out, err = TailBuffer(self.settings.output_limit), TailBuffer(self.settings.output_limit)
             code = proc.pump(out, err, on_output, spec.limits.timeout)
-            duration = time.monotonic() - proc.started
             oom = code == OOM_EXIT and self._oom_killed(name, cwd / "oom")
         violations = remove_created(spec.workspace, before)
+        duration = time.monotonic() - called  # the whole run: setup and cleanup too
         return _result(code, proc.killed_by, oom, duration, out, err, violations, slot.name)
 
     def _signal(self, name: str, signum: int) -> None:

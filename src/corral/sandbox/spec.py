@@ -87,7 +87,7 @@ class RunResult:
     """The exit status; 128+N when the command died of signal N, 124 on timeout."""
     reason: Reason
     duration: float
-    """Seconds from spawn to exit."""
+    """Seconds the whole run took, from the call to the end of its cleanup (the backend's own work included)."""
     signal: int | None = None
     """The signal that ended the command, where it died of one."""
     peak_memory: int | None = None
