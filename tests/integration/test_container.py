@@ -214,3 +214,21 @@ def test_an_unregistered_runtime_is_refused_before_anything_starts(
     sandbox.runtime_registered = lambda runtime: False  # type: ignore[method-assign]
     with pytest.raises(SandboxUnavailableError, match=rf"runsc is not registered with the {engine} engine; install it"):
         sandbox.run(SandboxSpec(("true",), workspace))
+
+
+def test_podman_runs_without_a_containers_conf_and_the_rlimits_follow_the_limits(
+    settings: Settings, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Podman's default rlimits exceed a host's lower hard limits; corral sets its own instead."""
+    import resource
+
+    require_root()
+    require_engine(monkeypatch, "podman")
+    monkeypatch.delenv("CONTAINERS_CONF")
+    sandbox = ContainerSandbox(settings, image=ENGINE_IMAGE, engine="podman")
+    script = "ulimit -n; grep 'Max processes' /proc/self/limits"
+    result = sandbox.run(SandboxSpec(("sh", "-c", script), workspace, limits=Limits(pids=100, timeout=60)))
+    assert (result.reason, result.exit_code) == ("exited", 0), result.stderr
+    nofile, nproc = result.stdout.decode().splitlines()
+    assert int(nofile) == min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 1 << 20)
+    assert nproc.split()[2:4] == ["100", "100"]

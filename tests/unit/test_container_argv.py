@@ -8,7 +8,7 @@ import pytest
 
 from corral.errors import UsageError
 from corral.sandbox import paths, seccomp
-from corral.sandbox.container_argv import INSIDE_SOCKET, MASK, build_run_argv, cli_env
+from corral.sandbox.container_argv import INSIDE_SOCKET, MASK, NPROC, build_run_argv, cli_env
 from corral.sandbox.spec import SANDBOX_HOME, Limits, SandboxSpec
 
 WS = Path("/srv/jobs/j1/repo")
@@ -174,3 +174,10 @@ def test_the_seccomp_rules_become_an_engine_profile() -> None:
     assert unix in entries
     tiocsti = next(e for e in entries if e["names"] == ["ioctl"])
     assert tiocsti["args"] == [{"index": 1, "value": 0xFFFFFFFF, "valueTwo": 0x5412, "op": "SCMP_CMP_MASKED_EQ"}]
+
+
+def test_rlimits_follow_the_pids_limit_and_the_given_open_files() -> None:
+    limited = argv(SandboxSpec(("true",), WS, limits=Limits(pids=64)), open_files=4096)
+    assert pairs(limited, "--ulimit") == ["nofile=4096:4096", "nproc=64:64"]
+    unlimited = argv(SandboxSpec(("true",), WS))
+    assert pairs(unlimited, "--ulimit") == ["nofile=1024:1024", f"nproc={NPROC}:{NPROC}"]

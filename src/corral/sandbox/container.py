@@ -50,6 +50,7 @@ __all__ = ["LABEL", "ContainerSandbox", "Engine", "Runtime", "build_run_argv", "
 OOM_EXIT = 137
 REAP_INTERVAL = 30.0
 CLI_TIMEOUT = 60.0
+MAX_OPEN_FILES = 1 << 20
 
 
 @dataclasses.dataclass
@@ -231,6 +232,7 @@ class ContainerSandbox:
                 files=files,
                 tty=tty is not None,
                 interactive=tty is not None or stdin is not None,
+                open_files=_open_files(),
             )
             cwd = _files_dir(self.settings.runtime, slot.name)  # the CLI's, and so podman's conmon's
             if self.engine == "podman":  # conmon 2.1 notes an OOM kill there (a file named oom), not where podman looks
@@ -381,3 +383,11 @@ def _result(
         violations=violations,
         sandbox_id=sandbox_id,
     )
+
+
+def _open_files() -> int:
+    """corral's own hard limit on open files (at most a million): what a container may raise to."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)

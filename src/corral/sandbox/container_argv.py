@@ -24,6 +24,7 @@ __all__ = [
     "INSIDE_SOCKET",
     "LABEL",
     "MASK",
+    "NPROC",
     "Dialect",
     "Engine",
     "Runtime",
@@ -110,6 +111,10 @@ DIALECTS: dict[Engine, Dialect] = {
 }
 
 
+NPROC = 32768
+"""The command's ``nproc`` rlimit when the spec sets no pids limit (its uid is the slot's alone)."""
+
+
 def build_run_argv(
     spec: SandboxSpec,
     layout: paths.Layout,
@@ -124,6 +129,7 @@ def build_run_argv(
     files: Mapping[Path, Path],
     tty: bool = False,
     interactive: bool = False,
+    open_files: int = 1024,
 ) -> list[str]:
     """The complete ``docker run`` / ``podman run`` command line for ``spec`` (pure: no I/O).
 
@@ -131,6 +137,8 @@ def build_run_argv(
     file no one may open that hides a secret file inside a bound tree; ``profile`` is the
     seccomp profile (JSON) of the engine. Environment values never appear here but for the
     names the engine's CLI reads itself: ``-e NAME`` takes the value from the CLI's environment.
+    ``open_files`` and the pids limit are also the command's ``nofile`` and ``nproc`` rlimits:
+    podman's own defaults (over a million) fail where the host's hard limits are lower.
     """
     uid, gid = user
     limits = spec.limits
@@ -149,6 +157,8 @@ def build_run_argv(
         argv += ["--memory", str(limits.memory), "--memory-swap", str(limits.memory)]
     if limits.pids is not None:
         argv += ["--pids-limit", str(limits.pids)]
+    nproc = limits.pids or NPROC
+    argv += ["--ulimit", f"nofile={open_files}:{open_files}", "--ulimit", f"nproc={nproc}:{nproc}"]
     if limits.cpus is not None:
         argv += ["--cpus", f"{limits.cpus:g}"]
     scratch = f"rw,nosuid,nodev,exec{dialect.fresh}"
