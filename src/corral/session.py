@@ -5,6 +5,9 @@ tree (``work/`` the workspace, ``agent/`` the Claude config, ``tmp/``), ``track.
 directory only the host sees, which records the workspace before and after (``--cwd``). The
 lock ``sessions/<name>.lock`` is held (flock) while the session runs, so the directory of a
 killed ``corral start`` is recognisable by its free lock and removed by the next one.
+
+With ``--remote-control`` the session runs on the user's adopted claude.ai login instead of the
+gateway (``remote_control``, ``claude_login``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from corral import remote_control
 from corral.errors import ConflictError, SandboxUnavailableError, UsageError, WorkspaceError
 from corral.manifest import Loaded, PromptFile, SshHost
 from corral.sandbox.spec import SANDBOX_HOME, Limits, SandboxSpec
@@ -33,6 +37,8 @@ __all__ = [
     "SessionDirs",
     "check_runtime",
     "check_startable",
+    "egress_allow",
+    "interactive_argv",
     "make_plan",
     "pick_name",
     "reap",
@@ -64,6 +70,8 @@ class Plan:
     limits: Limits
     mounts: tuple[Path, ...]
     remote_control: bool
+    login: Path | None = None
+    """With ``remote_control``: the directory of the adopted claude.ai login, if one is adopted."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,6 +270,11 @@ def make_plan(
     session = name or pick_name(home, agent)
     if name is not None:
         pick_name(home, agent, name)
+    login = None
+    if remote_control:
+        from corral.secrets import CredentialStore
+
+        login = CredentialStore(home).adopted_dir()
     return Plan(
         agent=agent,
         name=session,
@@ -283,6 +296,7 @@ def make_plan(
         limits=_limits(memory, bottle.pids, bottle.cpus, defaults or Limits()),
         mounts=mounts,
         remote_control=remote_control,
+        login=login,
     )
 
 
@@ -325,14 +339,16 @@ def sandbox_for(plan: Plan, settings: Settings) -> SandboxBackend:
 
 
 def check_startable(plan: Plan, sandbox: SandboxBackend) -> None:
-    """Refuse what cannot start here, before asking: an engine, image or runtime missing; remote control."""
+    """Refuse what cannot start here, before asking: an engine, image or runtime missing; for remote
+    control, no adopted claude.ai login (or a broken one), or env names that would turn it off."""
     from corral.sandbox.container import ContainerSandbox
 
     if isinstance(sandbox, ContainerSandbox):
         sandbox.check_engine()
     if plan.remote_control:
-        msg = "--remote-control is not built yet (it needs a claude.ai login inside the sandbox); start without it."
-        raise SandboxUnavailableError(msg)
+        from corral.remote_control import check
+
+        check(plan.agent, plan.env_names, plan.login)
 
 
 def env_values(names: tuple[str, ...], environ: Mapping[str, str], agent: str) -> dict[str, str]:
@@ -355,9 +371,18 @@ def ssh_config(hosts: tuple[SshHost, ...], relay: str) -> bytes:
     return "\n".join(lines).encode()
 
 
+def egress_allow(plan: Plan, gateway: str | None) -> tuple[str, ...]:
+    """The session's allow list: the bottle's, then the gateway (``host:port``), or with remote control
+    ``REMOTE_CONTROL_HOSTS``, then the ssh hosts. The bottle's deny list still wins over all of it."""
+    reach = remote_control.REMOTE_CONTROL_HOSTS if plan.remote_control else (() if gateway is None else (gateway,))
+    return (*plan.allow, *reach, *(host.target for host in plan.ssh))
+
+
 def interactive_argv(binary: Path, plan: Plan) -> tuple[str, ...]:
     """The interactive ``claude`` command line of ``plan`` (no ``-p``: a session on the terminal)."""
     argv = [str(binary), "--permission-mode", plan.permission_mode]
+    if plan.remote_control:
+        argv += ["--remote-control", plan.name]  # the name claude.ai lists the session under
     if plan.model is not None:
         argv += ["--model", plan.model]
     if plan.prompt:
@@ -366,23 +391,29 @@ def interactive_argv(binary: Path, plan: Plan) -> tuple[str, ...]:
 
 
 @contextlib.contextmanager
-def launch(plan: Plan, session: Session, settings: Settings, environ: Mapping[str, str]) -> Iterator[SandboxSpec]:
+def launch(
+    plan: Plan,
+    session: Session,
+    settings: Settings,
+    environ: Mapping[str, str],
+    notify: Callable[[str], None] = lambda _: None,
+) -> Iterator[SandboxSpec]:
     """The sandbox spec of the session, with its proxy, gateway and egress door open until the exit.
 
     The same parts as a job's (``JobRunner._run``): the real credential stays in the gateway on
-    the host; the sandbox gets the gateway's URL and a placeholder.
+    the host; the sandbox gets the gateway's URL and a placeholder. With remote control there is
+    no gateway: the adopted claude.ai login is copied in, and on the exit (the sandbox is gone by
+    then) ``notify`` hears what became of the login the session left.
     """
     import shutil
 
     from corral.agents.base import AgentRequest
-    from corral.agents.claude_code import ARGV_PROMPT_LIMIT, ClaudeCodeAgent
+    from corral.agents.claude_code import ARGV_PROMPT_LIMIT, MANAGED_SETTINGS_PATH, ClaudeCodeAgent
     from corral.egress.door import Door
-    from corral.egress.gateway import Gateway
     from corral.egress.policy import Policy
     from corral.egress.thread import ProxyThread
     from corral.runner.job import find_claude
     from corral.sandbox.bridge import RELAY_PORT
-    from corral.secrets import resolve_credential
 
     if plan.prompt is not None and len(plan.prompt.encode()) > ARGV_PROMPT_LIMIT:
         msg = f"The prompt of {plan.agent!r} is {len(plan.prompt)} characters; keep it under 100 kB."
@@ -394,19 +425,28 @@ def launch(plan: Plan, session: Session, settings: Settings, environ: Mapping[st
         shutil.copytree(skill, dirs.config / "skills" / skill.name, symlinks=True, dirs_exist_ok=True)
     with contextlib.ExitStack() as stack:
         proxy = stack.enter_context(ProxyThread())
-        gateway = Gateway(settings.anthropic_base_url, resolve_credential(settings.home, environ))
-        proxy.call(gateway.start())
-        stack.callback(lambda: proxy.call(gateway.aclose()))
-        always = (gateway.url.removeprefix("http://"), *(host.target for host in plan.ssh))
-        policy = Policy(allow=(*plan.allow, *always), deny=plan.deny)
+        if plan.remote_control:
+            remote_control.login_in(settings.home, dirs.config, stack, notify)
+            # claude_code's builders insist on a credential variable; remote_control.adapt drops it again
+            base_url, credential_env, gateway_at = remote_control.REMOTE_API_URL, {"CLAUDE_CODE_OAUTH_TOKEN": "-"}, None
+        else:
+            from corral.egress.gateway import Gateway
+            from corral.secrets import resolve_credential
+
+            gateway = Gateway(settings.anthropic_base_url, resolve_credential(settings.home, environ))
+            proxy.call(gateway.start())
+            stack.callback(lambda: proxy.call(gateway.aclose()))
+            base_url, gateway_at = gateway.url, gateway.url.removeprefix("http://")
+            credential_env = {gateway.credential.env_name: gateway.placeholder.reveal()}
+        policy = Policy(allow=egress_allow(plan, gateway_at), deny=plan.deny)
         door = stack.enter_context(Door(settings.runtime, policy, proxy=proxy, name=f"session-{session.name}"))
         request = AgentRequest(
             prompt="(interactive session)",
             cwd=dirs.work,
             config_dir=dirs.config,
             tmp_dir=dirs.tmp,
-            base_url=gateway.url,
-            credential_env={gateway.credential.env_name: gateway.placeholder.reveal()},
+            base_url=base_url,
+            credential_env=credential_env,
             model=plan.model,
             permission_mode=plan.permission_mode,
             append_system_prompt=plan.prompt,
@@ -416,13 +456,15 @@ def launch(plan: Plan, session: Session, settings: Settings, environ: Mapping[st
         # the interactive CLI asks to confirm bypassPermissions unless the user settings say so
         (dirs.config / "settings.json").write_text('{"skipDangerousModePermissionPrompt": true}\n')
         invocation = agent.invocation(request)
-        files = dict(invocation.files)
+        files, env = dict(invocation.files), dict(invocation.env)
+        if plan.remote_control:
+            env, files = remote_control.adapt(env, files, MANAGED_SETTINGS_PATH)
         if plan.ssh:
             files[Path(SANDBOX_HOME) / ".ssh" / "config"] = ssh_config(plan.ssh, f"127.0.0.1:{RELAY_PORT}")
         for dest in files:
             if dest.parent.is_relative_to("/etc") and not dest.parent.exists():
                 dest.parent.mkdir(mode=0o755, parents=True)
-        env = {**invocation.env, "TERM": environ.get("TERM") or "xterm-256color"}
+        env["TERM"] = environ.get("TERM") or "xterm-256color"
         if "COLORTERM" in environ:
             env["COLORTERM"] = environ["COLORTERM"]
         yield SandboxSpec(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from corral.cli.start import format_plan
-from corral.errors import SandboxUnavailableError, UsageError
+from corral.errors import CredentialsError, SandboxUnavailableError, UsageError
 from corral.manifest import ManifestError, find_line, load_manifest, parse_manifest
 from corral.sandbox.container import ContainerSandbox
 from corral.sandbox.spec import Limits
@@ -110,8 +110,8 @@ def test_runsc_without_runsc_says_how_to_install(project: Path, tmp_path: Path) 
 def test_remote_control_is_explicit(project: Path, tmp_path: Path) -> None:
     loaded = load_manifest(project / "corral.toml")
     plan = make_plan(loaded, "coder", home=tmp_path, permission_mode="default", remote_control=True)
-    assert "remote control: ON: the session uses your claude.ai login" in format_plan(plan)
-    with pytest.raises(SandboxUnavailableError, match=r"--remote-control is not built yet"):
+    assert "remote control: ON, but no claude.ai login is adopted" in format_plan(plan)
+    with pytest.raises(CredentialsError, match=r"--remote-control needs a claude.ai login adopted by corral"):
         check_startable(plan, sandbox_for(plan, Settings(home=tmp_path)))
 
 

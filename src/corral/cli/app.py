@@ -267,7 +267,11 @@ def start(
     remote_control: Annotated[
         bool,
         typer.Option(
-            "--remote-control", help="Remote Control with a claude.ai login inside the sandbox (not built yet)."
+            "--remote-control",
+            help=(
+                "Let claude.ai and the Claude apps control the session: your adopted claude.ai login is copied "
+                "into the sandbox (not the gateway), and a refreshed login is carried back at the end."
+            ),
         ),
     ] = False,
     manifest: Annotated[

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from corral.remote_control import REMOTE_CONTROL_HOSTS
 from corral.session import Plan
 
 if TYPE_CHECKING:
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from corral.settings import Settings
 
 __all__ = ["StartArgs", "format_plan", "start"]
+
+NO_LOGIN_PLAN = "no claude.ai login is adopted: run `corral auth import-claude-dir ~/.claude` first"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +63,8 @@ def format_plan(plan: Plan) -> str:
     if plan.copy_from is not None:
         workspace = f"{plan.workspace} (a copy of {plan.copy_from}, .git included; the host directory is not written)"
     egress = "the API gateway (the credential stays on the host)"
+    if plan.remote_control:
+        egress = f"Anthropic for remote control ({', '.join(REMOTE_CONTROL_HOSTS)}), no gateway"
     if plan.allow:
         egress += f"; allow {', '.join(plan.allow)}"
     if plan.ssh:
@@ -72,8 +77,14 @@ def format_plan(plan: Plan) -> str:
         prompt = f"{len(plan.prompt.encode())} bytes, first line: {first[:70]!r}"
     limits = plan.limits
     remote = "off"
-    if plan.remote_control:
-        remote = "ON: the session uses your claude.ai login inside the sandbox (not the gateway)"
+    if plan.remote_control and plan.login is None:
+        remote = f"ON, but {NO_LOGIN_PLAN}"
+    elif plan.remote_control:
+        remote = (
+            f"ON: the session uses your claude.ai login from {plan.login}, copied INTO the sandbox (readable "
+            f"by the agent), and reaches {' and '.join(REMOTE_CONTROL_HOSTS)} directly, not through the "
+            "gateway; a login it refreshes is carried back when it ends"
+        )
     rows = [
         ("agent", f"{plan.agent} (session {plan.name}, from {plan.manifest})"),
         ("bottle", f"{plan.bottle}: {backend}"),
@@ -166,7 +177,12 @@ def _run(
     try:
         plan = dataclasses.replace(plan, name=session.name, workspace=session.dirs.work)
         base = copy_in(plan.copy_from, session.dirs) if plan.copy_from is not None else None
-        with launch(plan, session, settings, environ) as spec, Relay() as relay:
+
+        def say(text: str) -> None:  # what became of a remote-control session's login, once the sandbox is gone
+            if text:
+                out.write(f"{text}\n")
+
+        with launch(plan, session, settings, environ, say) as spec, Relay() as relay:
             result = sandbox.run(spec, tty=relay.slave, on_start=relay.started)
         out.write(f"\r\nThe session {session.name} ended (exit {result.exit_code}).\n")
         if base is not None and plan.copy_from is not None:
