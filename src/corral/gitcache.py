@@ -26,9 +26,9 @@ userinfo (the mirror's config and the checkout's ``origin`` never hold it) and g
 token through ``GIT_ASKPASS`` for that one command. Every message masks URLs.
 
 After the agent, ``finish`` (or ``commit`` and ``diff``) and ``push`` run git on the host over a
-tree the agent wrote. Before each, ``.git`` is inspected: no symlinks inside it, no config key
-that ``git clone`` would not write, no ``commondir``, and alternates that still point at the
-mirror. Anything else is refused with a ``GitError``; every command also carries
+tree the agent wrote. Before each, ``.git`` is inspected (``gitinspect``: no symlinks, no
+``commondir``, alternates at the mirror alone, only the config keys ``git clone`` writes); anything
+else is refused with a ``GitError``. Every command also carries
 ``gitcmd.HARDENING``. ``finish`` asks ``git status`` first and skips the commit and the diff of
 a job that changed nothing.
 """
@@ -63,8 +63,8 @@ from corral.gitcmd import (
     parse_status,
     protocols,
     run,
-    untrusted_config,
 )
+from corral.gitinspect import Inspector
 from corral.gitlayers import Layers
 from corral.gittrees import Tree, TreeCache
 from corral.secrets import Secret
@@ -128,8 +128,7 @@ class GitCache:
         self._lock = threading.Lock()
         self._seen: dict[tuple[Path, str, str], str] = {}
         """Per mirror and fetch (the stamp's mtime): the commits refs resolve to, and the listed refs."""
-        self._trusted: set[bytes] = set()
-        """Checkout configs (their bytes) that passed an inspection: the same bytes pass without asking git."""
+        self._inspector = Inspector(self._list_config)
         name, email = parse_author(author)
         self._identity = {
             "GIT_AUTHOR_NAME": name,
@@ -437,16 +436,7 @@ class GitCache:
         if tree and self.layers.unmounted(checkout.path.absolute()):
             msg = f"The checkout {checkout.path} is an overlay that is not mounted; attach it before committing."
             raise WorkspaceError(msg)
-        gitdir = checkout.path / ".git"
-        problems: list[str] = []
-        if gitdir.is_symlink() or not gitdir.is_dir():
-            problems.append(".git is not a directory")
-        else:
-            problems += [f"{path} is a symlink" for path in _symlinks(gitdir)]
-            if (gitdir / "commondir").exists():
-                problems.append(".git/commondir exists")
-            problems += _alternates_problems(gitdir, checkout.mirror)
-            problems += self._config_problems(gitdir / "config", checkout.path)
+        problems = self._inspector.problems(checkout.path / ".git", checkout.mirror)
         if problems:
             msg = (
                 f"The checkout {checkout.path} was changed in ways host git must not trust "
@@ -454,25 +444,14 @@ class GitCache:
             )
             raise GitError(msg)
 
-    def _config_problems(self, config: Path, checkout: Path) -> list[str]:
-        """The keys of ``config`` that ``git clone`` does not write, as git reads them (bytes that passed once pass)."""
-        before = _contents(config)
-        with self._lock:
-            if before is not None and before in self._trusted:
-                return []
+    def _list_config(self, config: Path) -> bytes:
+        """``git config --list --null`` of the file ``config`` alone, as git reads it."""
         listed = self._git(
             ["config", "--file", str(config), "--no-includes", "--list", "--null"],
-            what=f"reading the config of {checkout}",
+            what=f"reading the config {config}",
             cwd=Path("/"),
         )
-        keys = [entry.split(b"\n", 1)[0].decode(errors="replace") for entry in listed.stdout.split(b"\0") if entry]
-        problems = [f"config key {key!r}" for key in untrusted_config(keys)]
-        if not problems and before is not None and _contents(config) == before:  # git read these very bytes
-            with self._lock:
-                if len(self._trusted) >= 64:
-                    self._trusted.clear()
-                self._trusted.add(before)
-        return problems
+        return listed.stdout
 
     def _exists(self, repo: Path, ref: str) -> bool:
         found = self._git(["rev-parse", "--verify", "--quiet", ref], what=f"looking up {ref}", repo=repo, ok=(0, 1))
@@ -580,43 +559,6 @@ def _credentials(remote: Remote, token: Secret | None) -> Iterator[tuple[dict[st
     secrets = (password.reveal(),) if password is not None else (username,)
     with askpass(username, password if password is not None else Secret("")) as env:
         yield env, secrets
-
-
-def _symlinks(top: Path) -> list[Path]:
-    """The symlinks below ``top``, none followed, seen in the directory listings (as ``os.walk`` goes)."""
-    found: list[Path] = []
-    pending = [str(top)]
-    while pending:
-        try:
-            entries = list(os.scandir(pending.pop()))
-        except OSError:
-            continue
-        for entry in entries:
-            if entry.is_symlink():
-                found.append(Path(entry.path))
-            elif entry.is_dir(follow_symlinks=False):
-                pending.append(entry.path)
-    return found
-
-
-def _contents(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None
-
-
-def _alternates_problems(gitdir: Path, mirror: Path) -> list[str]:
-    path = gitdir / "objects" / "info" / "alternates"
-    try:
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError):
-        return ["objects/info/alternates cannot be read"]
-    expected = os.path.realpath(mirror / "objects")
-    objects = gitdir / "objects"
-    if [os.path.realpath(objects / line) for line in lines] != [expected]:
-        return ["objects/info/alternates no longer points at the mirror alone"]
-    return []
 
 
 def _give_back(path: Path) -> None:

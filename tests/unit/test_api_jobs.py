@@ -136,6 +136,10 @@ def test_list_filters_by_state_and_pages(api: InProcess, pool: FakePool) -> None
     bad = api.get("/v1/jobs?state=sleeping", headers=AUTH)
     assert (bad.status_code, bad.json()["error"]["code"]) == (400, "bad_request")
     assert "'sleeping'" in bad.json()["error"]["message"]
+    beyond = api.get("/v1/jobs?offset=5", headers=AUTH).json()
+    assert (beyond["jobs"], beyond["next_offset"]) == ([], None)
+    huge = api.get(f"/v1/jobs?offset={2**70}", headers=AUTH)  # past a database integer: refused, not a 500
+    assert (huge.status_code, huge.json()["error"]["code"]) == (422, "invalid_request")
 
 
 def test_show_and_the_404_of_an_unknown_job(api: InProcess) -> None:

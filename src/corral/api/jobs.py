@@ -25,6 +25,8 @@ router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[SecretRequired])
 POLL_INTERVAL = 0.2
 """Seconds between looks at the store while an event stream follows a live job."""
 MAX_LIMIT = 500
+MAX_OFFSET = 1_000_000_000
+"""Past any store's jobs, and within a database integer."""
 
 
 def view(job: Job) -> JobView:
@@ -116,7 +118,7 @@ def list_jobs(
     request: Request,
     state: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobList:
     """Jobs, newest first, only those in ``state`` if given; ``next_offset`` pages on."""
     from corral.jobs.models import JobState
@@ -124,10 +126,9 @@ def list_jobs(
     if state is not None and state not in set(JobState):
         msg = f"The state {state!r} is unknown; choose one of: {', '.join(JobState)}."
         raise UsageError(msg)
-    found = service_of(request).store.list(state=JobState(state) if state else None, limit=offset + limit + 1)
-    page = found[offset : offset + limit]
-    more = len(found) > offset + limit
-    return JobList(jobs=[view(job) for job in page], next_offset=offset + limit if more else None)
+    found = service_of(request).store.list(state=JobState(state) if state else None, limit=limit + 1, offset=offset)
+    more = len(found) > limit
+    return JobList(jobs=[view(job) for job in found[:limit]], next_offset=offset + limit if more else None)
 
 
 @router.get("/jobs/{job_id}")

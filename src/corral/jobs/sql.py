@@ -363,11 +363,11 @@ class SqlJobStore:
             raise _not_found(job_id)
         return _job(row)
 
-    def list(self, *, state: JobState | None = None, limit: int = 50) -> builtins.list[Job]:
-        if limit < 1:
-            msg = f"The number of jobs to list must be 1 or more, not {limit}."
+    def list(self, *, state: JobState | None = None, limit: int = 50, offset: int = 0) -> builtins.list[Job]:
+        if limit < 1 or offset < 0:
+            msg = f"A page of jobs needs a limit of 1 or more and an offset of 0 or more, not {limit} and {offset}."
             raise UsageError(msg)
-        query = select(JOBS).order_by(JOBS.c.created_at.desc(), JOBS.c.id.desc()).limit(limit)
+        query = select(JOBS).order_by(JOBS.c.created_at.desc(), JOBS.c.id.desc()).limit(limit).offset(offset)
         if state is not None:
             query = query.where(JOBS.c.state == JobState(state).value)
         with self._engine.connect() as conn:

@@ -39,8 +39,8 @@ class JobStore(Protocol):
         """The job ``job_id``; ``NotFoundError`` if there is none."""
         ...
 
-    def list(self, *, state: JobState | None = None, limit: int = 50) -> builtins.list[Job]:
-        """Up to ``limit`` jobs, newest first, only those in ``state`` if given."""
+    def list(self, *, state: JobState | None = None, limit: int = 50, offset: int = 0) -> builtins.list[Job]:
+        """Up to ``limit`` jobs, newest first, after skipping ``offset``, only those in ``state`` if given."""
         ...
 
     def update(
