@@ -233,8 +233,12 @@ def test_list_is_newest_first_and_filters(store: JobStore) -> None:
     assert [job.prompt for job in store.list(state=S.QUEUED)] == ["job 2", "job 1"]
     assert [job.state for job in store.list(state=S.CANCELLED)] == [S.CANCELLED]
     assert store.list(state=S.RUNNING) == []
-    with pytest.raises(UsageError, match="must be 1 or more, not 0"):
+    assert [job.prompt for job in store.list(limit=2, offset=1)] == ["job 2", "job 1"]
+    assert store.list(offset=3) == []
+    with pytest.raises(UsageError, match="a limit of 1 or more and an offset of 0 or more, not 0 and 0"):
         store.list(limit=0)
+    with pytest.raises(UsageError, match="not 1 and -1"):
+        store.list(limit=1, offset=-1)
 
 
 def test_two_threads_moving_one_job_from_the_same_state_do_not_both_win(store: JobStore) -> None:
