@@ -346,9 +346,7 @@ def check_startable(plan: Plan, sandbox: SandboxBackend) -> None:
     if isinstance(sandbox, ContainerSandbox):
         sandbox.check_engine()
     if plan.remote_control:
-        from corral.remote_control import check
-
-        check(plan.agent, plan.env_names, plan.login)
+        remote_control.check(plan.agent, plan.env_names, plan.login)
 
 
 def env_values(names: tuple[str, ...], environ: Mapping[str, str], agent: str) -> dict[str, str]:
