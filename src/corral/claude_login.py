@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from corral.errors import CredentialsError
-from corral.secrets import LOGIN_FILE, CredentialStore, Secret
+from corral.secrets import LOGIN_FILE, CredentialStore, Secret, write_json_private
 
 __all__ = [
     "NO_LOGIN",
@@ -288,30 +288,9 @@ def _carry_back(adopted: Path, inside: Path, sent: ClaudeLogin) -> str:
     if path.is_symlink():
         return f"{path} is a symbolic link, which corral does not replace; kept it as it was ({relogin})."
     try:
-        _replace_file(path, {**data, "claudeAiOauth": left.to_json()})
+        info = path.stat()
+        owner = (info.st_uid, info.st_gid) if os.geteuid() == 0 else None
+        write_json_private(path, {**data, "claudeAiOauth": left.to_json()}, owner=owner)
     except OSError as err:
         return f"The refreshed login could not be written to {path} ({err.strerror}); kept it as it was ({relogin})."
     return f"The session refreshed your claude.ai login; carried it back to {path} (valid until {left.expires()})."
-
-
-def _replace_file(path: Path, data: Mapping[str, Any]) -> None:
-    """Replace ``path`` with ``data`` as JSON atomically: mode 0600, the old file's owner, synced."""
-    info = path.stat()
-    temp = path.with_name(f".{path.name}.corral-{os.urandom(6).hex()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if os.geteuid() == 0:
-                os.fchown(fh.fileno(), info.st_uid, info.st_gid)
-            fh.write((json.dumps(data) + "\n").encode())
-            fh.flush()
-            os.fsync(fh.fileno())
-        temp.replace(path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -25,7 +25,16 @@ from typing import Any, Literal, NoReturn, cast
 
 from corral.errors import CredentialsError, UsageError
 
-__all__ = ["Credential", "CredentialStore", "Kind", "Secret", "kind_of", "read_claude_login", "resolve_credential"]
+__all__ = [
+    "Credential",
+    "CredentialStore",
+    "Kind",
+    "Secret",
+    "kind_of",
+    "read_claude_login",
+    "resolve_credential",
+    "write_json_private",
+]
 
 Kind = Literal["oauth_token", "api_key"]
 KINDS: tuple[Kind, ...] = ("oauth_token", "api_key")
@@ -225,35 +234,45 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data
 
 
-def _write_private(path: Path, data: Mapping[str, str]) -> None:
-    """Write ``data`` as JSON to ``path`` atomically, readable by this user only at every instant.
+def write_json_private(path: Path, data: Mapping[str, Any], *, owner: tuple[int, int] | None = None) -> None:
+    """Write ``data`` as JSON to ``path`` atomically, readable by its owner only at every instant.
 
-    The directory is made 0700. The file is created 0600 under a temporary name (``os.open`` with
-    that mode, so it is never readable by others), synced, renamed over ``path``, and the
-    directory is synced; on any failure the temporary file is removed and ``path`` is unchanged.
+    The file is created 0600 under a temporary name in the same directory (``os.open`` with that
+    mode, so it is never readable by others), given to ``owner`` (uid, gid) if one is named,
+    synced, renamed over ``path``, and the directory is synced; on any failure the temporary file
+    is removed, ``path`` is unchanged, and the error is raised.
     """
     directory = path.parent
     temp = directory / f".{path.name}.{os.urandom(6).hex()}.tmp"
     try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        directory.chmod(0o700)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fd, 0o600)
+            if owner is not None:
+                os.fchown(fd, *owner)
             fh.write((json.dumps(data) + "\n").encode())
             fh.flush()
             os.fsync(fd)
         temp.replace(path)
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException as err:
+    except BaseException:
         with contextlib.suppress(OSError):
             temp.unlink(missing_ok=True)
-        if not isinstance(err, OSError):
-            raise
+        raise
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_private(path: Path, data: Mapping[str, str]) -> None:
+    """Write a stored credential file (``write_json_private``) in its directory, made 0700."""
+    directory = path.parent
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory.chmod(0o700)
+        write_json_private(path, data)
+    except OSError as err:
         msg = f"The credential file {path} cannot be written ({err.strerror}); make {directory} writable."
         raise CredentialsError(msg) from None
 
