@@ -217,12 +217,12 @@ def write_session_login(config_dir: Path, login: ClaudeLogin) -> Path:
     return path
 
 
-def session_login(store: CredentialStore) -> tuple[Path, ClaudeLogin]:
-    """The adopted login a ``--remote-control`` session takes in: its directory and its checked entry."""
-    where = store.adopted_dir()
-    if where is None:
+def session_login(adopted: Path | None) -> ClaudeLogin:
+    """The checked entry of the login adopted in ``adopted`` that a ``--remote-control`` session takes
+    in; with none adopted (``None``), the refusal that says how to adopt one."""
+    if adopted is None:
         raise CredentialsError(NO_LOGIN)
-    return where, read_session_login(where)
+    return read_session_login(adopted)
 
 
 def carry_back(store: CredentialStore, adopted: Path, inside: Path, sent: ClaudeLogin) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from corral.errors import CredentialsError, UsageError
+from corral.errors import UsageError
 
 __all__ = [
     "REMOTE_API_URL",
@@ -62,22 +62,23 @@ def check(agent: str, env_names: tuple[str, ...], login: Path | None) -> None:
             "or start without --remote-control."
         )
         raise UsageError(msg)
-    from corral.claude_login import NO_LOGIN, read_session_login
+    from corral.claude_login import session_login
 
-    if login is None:
-        raise CredentialsError(NO_LOGIN)
-    read_session_login(login)
+    session_login(login)
 
 
-def login_in(home: Path, config_dir: Path, stack: contextlib.ExitStack, notify: Callable[[str], None]) -> None:
-    """Copy the adopted login into ``config_dir``, and carry it back when ``stack`` closes (``notify`` hears how)."""
+def login_in(
+    home: Path, adopted: Path | None, config_dir: Path, stack: contextlib.ExitStack, notify: Callable[[str], None]
+) -> None:
+    """Copy the login adopted in ``adopted`` (the plan's) into ``config_dir``, and carry it back when
+    ``stack`` closes (``notify`` hears how)."""
     from corral.claude_login import carry_back, session_login, write_session_login
     from corral.secrets import CredentialStore
 
-    store = CredentialStore(home)
-    adopted, login = session_login(store)
+    login = session_login(adopted)
+    assert adopted is not None  # session_login refuses a session without one
     write_session_login(config_dir, login)
-    stack.callback(lambda: notify(carry_back(store, adopted, config_dir, login)))
+    stack.callback(lambda: notify(carry_back(CredentialStore(home), adopted, config_dir, login)))
 
 
 def remote_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -92,7 +93,7 @@ def remote_managed_settings(managed: Mapping[str, Any]) -> dict[str, Any]:
     and ``ANTHROPIC_BASE_URL`` pinned to Anthropic's own API (which Remote Control accepts as first-party),
     so that no repository's settings can send the login's token to another host."""
     env = managed.get("env")
-    kept = {name: value for name, value in (env.items() if isinstance(env, Mapping) else ()) if name not in _NOT_INSIDE}
+    kept = remote_env(env) if isinstance(env, Mapping) else {}
     return {**managed, "env": {**kept, "ANTHROPIC_BASE_URL": REMOTE_API_URL}}
 
 

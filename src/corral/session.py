@@ -424,7 +424,7 @@ def launch(
     with contextlib.ExitStack() as stack:
         proxy = stack.enter_context(ProxyThread())
         if plan.remote_control:
-            remote_control.login_in(settings.home, dirs.config, stack, notify)
+            remote_control.login_in(settings.home, plan.login, dirs.config, stack, notify)
             # claude_code's builders insist on a credential variable; remote_control.adapt drops it again
             base_url, credential_env, gateway_at = remote_control.REMOTE_API_URL, {"CLAUDE_CODE_OAUTH_TOKEN": "-"}, None
         else:

@@ -308,7 +308,7 @@ def carry(tmp_path: Path) -> tuple[CredentialStore, Path, Path, ClaudeLogin, dic
     home, adopted, inside = tmp_path / "home", tmp_path / "login", tmp_path / "agent"
     data = adopt(home, adopted)
     store = CredentialStore(home)
-    _, sent = session_login(store)
+    sent = session_login(store.adopted_dir())
     inside.mkdir()
     write_session_login(inside, sent)
     return store, adopted, inside, sent, data
