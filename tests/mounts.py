@@ -1,8 +1,12 @@
-"""Helpers for tests that make overlay checkouts: find and remove the mounts they leave below a directory."""
+"""Helpers for tests that make overlay checkouts: a scratch directory for them, and the mounts they leave below one."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from corral import overlay
@@ -20,3 +24,15 @@ def unmount_under(root: Path) -> None:
     for point in overlays_under(root):
         while overlay.mounted_at(point) is not None:
             overlay.unmount(point)
+
+
+@contextlib.contextmanager
+def public_dir(prefix: str) -> Iterator[Path]:
+    """A directory every uid can traverse (pytest's tmp_path is 0700); unmounted below and removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        unmount_under(path)
+        shutil.rmtree(path, ignore_errors=True)

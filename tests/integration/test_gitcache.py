@@ -22,7 +22,7 @@ from corral.gitcache import Checkout, GitCache
 from corral.gitcmd import mirror_name
 from corral.secrets import Secret
 from tests.gitserver import Request, add_commit, git, make_repo, serve
-from tests.mounts import unmount_under
+from tests.mounts import public_dir
 from tests.tools import require, require_root
 
 TOKEN = "push-token-7f3a9c"
@@ -40,11 +40,8 @@ class Remote:
 def public(tmp_path: Path) -> Iterator[Path]:
     """A directory every uid can traverse (pytest's tmp_path is 0700), removed afterwards."""
     require("git")
-    path = Path(tempfile.mkdtemp(prefix="corral-gitcache-test-"))
-    path.chmod(0o755)
-    yield path
-    unmount_under(path)
-    shutil.rmtree(path, ignore_errors=True)
+    with public_dir("corral-gitcache-test-") as path:
+        yield path
 
 
 @pytest.fixture

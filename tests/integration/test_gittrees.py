@@ -8,7 +8,6 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from corral.errors import WorkspaceError
 from corral.gitcache import Checkout, GitCache
 from corral.gittrees import TreeCache, overflow_ids
 from tests.gitserver import git
-from tests.mounts import overlays_under, unmount_under
+from tests.mounts import overlays_under, public_dir, unmount_under
 from tests.tools import require, require_root
 
 FILES = {
@@ -37,11 +36,8 @@ def public() -> Iterator[Path]:
     """A directory every uid can traverse (pytest's tmp_path is 0700); its mounts are undone afterwards."""
     require_root()
     require("git")
-    path = Path(tempfile.mkdtemp(prefix="corral-gittrees-test-"))
-    path.chmod(0o755)
-    yield path
-    unmount_under(path)
-    shutil.rmtree(path, ignore_errors=True)
+    with public_dir("corral-gittrees-test-") as path:
+        yield path
 
 
 @pytest.fixture
