@@ -275,8 +275,9 @@ class BwrapSandbox:
         host_uid = self.settings.sandbox_uid_base + slot.index if self.is_root else None
         with contextlib.ExitStack() as undo:  # undone in reverse: fds, workspace owner, cgroups
             group = self.driver.group(slot.name) if self.driver.available else None
-            if group is not None:
+            if group is not None:  # created below, once bwrap runs; removed after bwrap is gone
                 slot.record(cgroup_version=self.driver.version, cgroups=group.roles())
+                undo.callback(group.remove)
             if host_uid is not None:
                 owner = slots.take_owner(slot, spec.workspace, host_uid)
                 undo.callback(slots.restore_owner, spec.workspace, host_uid, owner)
@@ -318,8 +319,7 @@ class BwrapSandbox:
                 os.close(gate_fd)
             undo.callback(proc.abort)  # if anything below fails, the sandbox must not run on
             if group is not None:  # while bwrap builds the sandbox: its command waits at the gate
-                group = self.driver.create(slot.name, limits)
-                undo.callback(group.remove)
+                self.driver.create(slot.name, limits)
             sandbox_pid = _sandbox_pid(info_read)
             not_the_command = {proc.pid, sandbox_pid or proc.pid}
             if group is not None and sandbox_pid is not None:
