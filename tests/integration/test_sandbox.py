@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import pytest
 
 from corral.sandbox.bwrap import BwrapSandbox
 from corral.sandbox.cgroups import CgroupDriver
-from corral.sandbox.spec import Limits, SandboxSpec
+from corral.sandbox.spec import Limits, RunResult, SandboxSpec
 from corral.settings import Settings
 from tests.tools import require_root
 
@@ -83,6 +85,43 @@ def test_runs_as_an_unprivileged_host_uid_when_root(sandbox: BwrapSandbox, works
     )
     assert result.ok
     assert uids[0] >= sandbox.settings.sandbox_uid_base
+
+
+def test_a_private_workspace_is_staged_in_the_calling_thread_without_touching_the_host(
+    sandbox: BwrapSandbox, tmp_path: Path
+) -> None:
+    """A workspace below a 0700 directory is bound through a private mount namespace of the thread
+    that starts bwrap; the thread comes back to the host's namespace and working directory, and no
+    staging mount ever shows in the host's mount table."""
+    require_root()
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    workspace = private / "ws"
+    workspace.mkdir()
+    (workspace / "in.txt").write_text("seen\n")
+    host_ns = os.readlink("/proc/self/ns/mnt")
+    mounts_before = Path("/proc/self/mountinfo").read_text()
+    seen: dict[str, object] = {}
+
+    def run() -> None:
+        cwd = os.getcwd()
+        seen["result"] = sandbox.run(sh("cat in.txt && echo out > out.txt", workspace))
+        seen["ns"] = os.readlink("/proc/thread-self/ns/mnt")
+        seen["cwd"] = (cwd, os.getcwd())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    result = seen["result"]
+    assert isinstance(result, RunResult)
+    assert result.ok, result.stderr
+    assert result.stdout == b"seen\n"
+    assert (workspace / "out.txt").read_text() == "out\n"
+    assert seen["ns"] == host_ns
+    cwd_before, cwd_after = seen["cwd"]  # type: ignore[misc]
+    assert cwd_after == cwd_before
+    assert Path("/proc/self/mountinfo").read_text() == mounts_before
+    assert not any((sandbox.settings.runtime / "stage").iterdir())
 
 
 def test_cwd_inside(sandbox: BwrapSandbox, workspace: Path) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from corral.errors import CommandNotFoundError, SandboxUnavailableError, UsageError
-from corral.sandbox import bridge, cgroups, paths, seccomp, slots, staging
+from corral.sandbox import bridge, cgroups, paths, seccomp, slots, spawner, staging
 from corral.sandbox.process import OutputSink, Supervised, TailBuffer
 from corral.sandbox.spec import SANDBOX_HOME, Reason, RunResult, SandboxSpec, Violation
 from corral.settings import Settings
@@ -304,16 +304,16 @@ class BwrapSandbox:
                 file_fds=file_fds,
             )
             try:
-                proc = Supervised(
-                    argv,
-                    env=spec.full_env(),
-                    pass_fds=(seccomp_fd, info_fd, gate_fd, *file_fds.values()),
-                    stdin=stdin,
-                    user=None if staged else host_uid,
-                    preexec=_child_setup(staged, host_uid) if staged else None,
-                    kill_tree=group.kill if group is not None else None,
-                    tty=tty,
-                )
+                with spawner.in_private_mounts(staged) if staged else contextlib.nullcontext():
+                    proc = Supervised(
+                        argv,
+                        env=spec.full_env(),
+                        pass_fds=(seccomp_fd, info_fd, gate_fd, *file_fds.values()),
+                        stdin=stdin,
+                        user=host_uid,
+                        kill_tree=group.kill if group is not None else None,
+                        tty=tty,
+                    )
             finally:
                 os.close(info_fd)
                 os.close(gate_fd)
@@ -447,19 +447,6 @@ def _memfd_with(data: bytes, undo: contextlib.ExitStack) -> int:
     os.write(fd, data)
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
-
-
-def _child_setup(staged: dict[Path, Path], host_uid: int | None) -> Callable[[], None]:
-    """What the forked child does before exec when sources need staging: stage them, then drop root."""
-
-    def setup() -> None:
-        staging.enter_private_mounts(staged)
-        if host_uid is not None:
-            os.setgroups([])
-            os.setresgid(host_uid, host_uid, host_uid)
-            os.setresuid(host_uid, host_uid, host_uid)
-
-    return setup
 
 
 def _reachable_by_others(path: Path) -> bool:

@@ -2,32 +2,26 @@
 
 When corral runs as root, bwrap runs as an unprivileged uid, and that uid must be able to look up
 every path it binds. A workspace below a 0700 directory (root's home, a private tmp dir) is out of
-its reach. So the forked child, still root, enters a private mount namespace of its own and binds
-each source onto an empty mount point under ``<runtime>/stage/<slot>/``, whose directories are
-traversable (0711); bwrap then binds from there. The staging mounts exist only in that private
-namespace and vanish with it: nothing is ever mounted in the host's namespace, so nothing can be
-left behind there, whatever happens to the caller.
+its reach. So the thread that starts bwrap, still root, enters a private mount namespace of its
+own (``spawner.in_private_mounts``) and binds each source onto an empty mount point under
+``<runtime>/stage/<slot>/``, whose directories are traversable (0711); bwrap, spawned from that
+thread, binds from there, and the thread goes back to the host's namespace. The staging mounts
+exist only in that private namespace and vanish with bwrap: nothing is ever mounted in the host's
+namespace, so nothing can be left behind there, whatever happens to the caller. The caller is
+never forked for it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["clear", "enter_private_mounts", "prepare"]
-
-CLONE_NEWNS = 0x00020000
-MS_BIND = 0x1000
-MS_REC = 0x4000
-MS_PRIVATE = 1 << 18
+__all__ = ["clear", "prepare"]
 
 
 def prepare(runtime: Path, slot_name: str, sources: Sequence[Path]) -> dict[Path, Path]:
     """Create a mount point per source (a directory or an empty file, as the source is)."""
-    import ctypes  # noqa: F401  (imported here, in the parent, so the forked child need not)
-
     base = runtime / "stage" / slot_name
     clear(runtime, slot_name)
     for directory in (runtime, runtime / "stage", base):
@@ -52,25 +46,3 @@ def clear(runtime: Path, slot_name: str) -> None:
 
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(base)
-
-
-def _check(result: int, what: str) -> None:
-    import ctypes
-
-    if result != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def enter_private_mounts(staged: dict[Path, Path]) -> None:
-    """In the forked child: a private mount namespace with each source bound on its mount point.
-
-    ``prepare`` imported ``ctypes`` in the parent, so the child only looks it up and calls libc.
-    """
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-    _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
-    for source, point in staged.items():
-        _check(libc.mount(os.fsencode(source), os.fsencode(point), None, MS_BIND | MS_REC, None), f"bind {source}")
