@@ -4,7 +4,8 @@
 # sandbox image in both, built from a debootstrap root file system because no image registry is
 # reachable.
 # runsc runs on the ptrace platform (no KVM here), with no network of its own (corral's relay is
-# the only way out) and allowed to connect to the proxy's Unix socket that corral mounts in.
+# the only way out), allowed to connect to the proxy's Unix socket that corral mounts in, and with
+# --oci-seccomp, so corral's seccomp profile applies inside gVisor (corral refuses runsc without it).
 # podman keeps its own storage (/var/lib/containers as root) and runs with the tests' containers.conf
 # (CONTAINERS_CONF): runc, never crun (which refuses hybrid cgroups), and default ulimits within the
 # hard limits of a root that lacks CAP_SYS_RESOURCE (podman's own defaults exceed them).
@@ -40,7 +41,7 @@ start() {
 	mkdir -p "$RUN_DIR" "$DATA_DIR"
 	chmod 0700 "$RUN_DIR"
 	cat >"$RUN_DIR/daemon.json" <<JSON
-{"runtimes": {"runsc": {"path": "$(command -v runsc || echo /usr/bin/runsc)", "runtimeArgs": ["--platform=ptrace", "--network=none", "--fsgofer-host-uds"]}}}
+{"runtimes": {"runsc": {"path": "$(command -v runsc || echo /usr/bin/runsc)", "runtimeArgs": ["--platform=ptrace", "--network=none", "--fsgofer-host-uds", "--oci-seccomp"]}}}
 JSON
 	dockerd --host "$HOST" --data-root "$DATA_DIR" --exec-root "$RUN_DIR/exec" \
 		--pidfile "$RUN_DIR/dockerd.pid" --config-file "$RUN_DIR/daemon.json" \

@@ -127,7 +127,9 @@ def _probe_engine(settings: Settings, engine: Literal["docker", "podman"]) -> Ch
     if version.returncode != 0:
         where = "DOCKER_HOST" if engine == "docker" else "CONTAINER_HOST"
         return Check(name, False, "the engine does not answer", f"start it, or point {where} at it", False)
-    gvisor = "runsc registered" if sandbox.runtime_registered("runsc") else "no runsc (gVisor)"
+    gvisor = "no runsc (gVisor)"
+    if sandbox.runtime_registered("runsc"):
+        gvisor = "runsc registered" + ("" if sandbox.gvisor_loads_seccomp() else " without --oci-seccomp (not usable)")
     return Check(name, True, f"server {version.stdout.strip()}; {gvisor}", required=False)
 
 

@@ -8,6 +8,7 @@ sentences a missing image or runtime gets.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -191,6 +192,55 @@ def test_runsc_runs_the_command_under_gvisor(engine: Engine, settings: Settings,
     assert int(uid) == settings.sandbox_uid_base + int(result.sandbox_id.removeprefix("s"))
     assert (workspace / "made.txt").read_text() == "hi\n"
     assert containers(sandbox.engine, result.sandbox_id) == []
+
+
+PROBE = """
+import ctypes, errno, os, socket
+libc = ctypes.CDLL(None, use_errno=True)
+def outcome(result):
+    return "ok" if result >= 0 else errno.errorcode[ctypes.get_errno()]
+print("ptrace", outcome(libc.ptrace(0, 0, 0, 0)))  # PTRACE_TRACEME
+print("unshare", outcome(libc.unshare(0x10000000)))  # CLONE_NEWUSER
+keyctl = {"x86_64": 250, "aarch64": 219}[os.uname().machine]
+print("keyctl", outcome(libc.syscall(keyctl, 0, -3, 0)))  # the session keyring's id
+socket.socket(socket.AF_UNIX).close()
+print("af_unix", "ok")
+"""
+
+
+def test_runsc_applies_corrals_seccomp_rules_inside_gvisor(engine: Engine, settings: Settings, workspace: Path) -> None:
+    """gVisor's own kernel would let an unprivileged user ptrace itself and create a user namespace;
+    corral's rules deny them inside gVisor too (AF_UNIX stays allowed there, for the relay)."""
+    sandbox = ContainerSandbox(settings, image=ENGINE_IMAGE, engine=engine, runtime="runsc")
+    assert sandbox.gvisor_loads_seccomp()
+    result = sandbox.run(SandboxSpec(("python3", "-c", PROBE), workspace, limits=LIMITS))
+    assert result.ok, result.stderr
+    seen = dict(line.split() for line in result.stdout.decode().splitlines())
+    assert seen == {"ptrace": "EPERM", "unshare": "EPERM", "keyctl": "EPERM", "af_unix": "ok"}
+
+
+def test_runsc_without_oci_seccomp_is_refused_before_anything_starts(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Docker passes runtime flags only from runsc's registration: without --oci-seccomp there,
+    gVisor would ignore corral's profile, so corral refuses and says how to register it."""
+    require_root()
+    require_engine(monkeypatch, "docker")
+    sandbox = ContainerSandbox(settings, image=ENGINE_IMAGE, engine="docker", runtime="runsc")
+    runtimes = {"runc": {"path": "runc"}, "runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--platform=ptrace"]}}
+    real_cli = sandbox.cli
+
+    def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        if args[:1] == ("info",):
+            return subprocess.CompletedProcess(args, 0, json.dumps(runtimes), "")
+        return real_cli(*args, check=check)
+
+    sandbox.cli = cli  # type: ignore[assignment]
+    assert not sandbox.gvisor_loads_seccomp()
+    with pytest.raises(SandboxUnavailableError, match=r"without --oci-seccomp.*runsc install -- --oci-seccomp"):
+        sandbox.check_engine()
+    runtimes["runsc"]["runtimeArgs"] = ["--platform=ptrace", "--oci-seccomp"]
+    assert sandbox.gvisor_loads_seccomp()
 
 
 def test_runsc_egress_goes_through_the_relay_inside(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,8 @@ def test_podman_takes_gvisor_before_run() -> None:
         "network=none",
         "--runtime-flag",
         "fsgofer-host-uds",
+        "--runtime-flag",
+        "oci-seccomp",
     ]
     assert "--runtime" not in command[command.index("run") :]
 
@@ -181,3 +184,12 @@ def test_rlimits_follow_the_pids_limit_and_the_given_open_files() -> None:
     assert pairs(limited, "--ulimit") == ["nofile=4096:4096", "nproc=64:64"]
     unlimited = argv(SandboxSpec(("true",), WS))
     assert pairs(unlimited, "--ulimit") == ["nofile=1024:1024", f"nproc={NPROC}:{NPROC}"]
+
+
+def test_inside_gvisor_the_rules_allow_af_unix_and_nothing_else_more() -> None:
+    """The relay inside gVisor reaches the proxy socket through AF_UNIX; every other rule stays."""
+    assert set(seccomp.DEFAULT_RULES) - set(seccomp.GVISOR_RULES) == {
+        next(r for r in seccomp.DEFAULT_RULES if r.syscall == "socket" and r.value == socket.AF_UNIX and r.op == "eq")
+    }
+    assert set(seccomp.GVISOR_RULES) < set(seccomp.DEFAULT_RULES)
+    assert seccomp.cache_key(seccomp.GVISOR_RULES) != seccomp.cache_key(seccomp.DEFAULT_RULES)

@@ -94,9 +94,8 @@ def test_plan_never_shows_env_values(project: Path, tmp_path: Path, monkeypatch:
 
 def test_container_backend_is_planned_on_its_engine(project: Path, tmp_path: Path) -> None:
     plan = make_plan(load_manifest(project / "corral.toml"), "boxed", home=tmp_path, permission_mode="default")
-    assert "box: docker (image debian:12, runtime runsc); gVisor's kernel, without corral's seccomp rules" in (
-        format_plan(plan)
-    )
+    line = "box: docker (image debian:12, runtime runsc); gVisor's kernel, with corral's seccomp rules inside"
+    assert f"{line} (AF_UNIX allowed for the relay)" in format_plan(plan)
     check_runtime(plan, lambda _: "/usr/bin/runsc")
     sandbox = sandbox_for(plan, Settings(home=tmp_path))
     assert isinstance(sandbox, ContainerSandbox)

@@ -60,7 +60,7 @@ def format_plan(plan: Plan) -> str:
         plan.backend if plan.backend == "bwrap" else f"{plan.backend} (image {plan.image}, runtime {plan.runtime})"
     )
     if plan.runtime == "runsc":
-        backend += "; gVisor's kernel, without corral's seccomp rules"
+        backend += "; gVisor's kernel, with corral's seccomp rules inside (AF_UNIX allowed for the relay)"
     workspace = f"{plan.workspace} (empty)"
     if plan.copy_from is not None:
         workspace = f"{plan.workspace} (a copy of {plan.copy_from}, .git included; the host directory is not written)"

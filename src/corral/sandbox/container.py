@@ -13,7 +13,9 @@ Egress works as with bubblewrap. Under runc the relay (socat) is started on the 
 slot's uid, in the container's network namespace (found through the slot's uid, which only this
 sandbox's processes have); the proxy socket is never visible inside and AF_UNIX stays forbidden.
 gVisor (``runsc``) keeps its own network stack inside its sandbox, so there the socket is mounted
-in and socat runs inside. Either way the command waits until the relay listens.
+in and socat runs inside, through AF_UNIX, which gVisor's profile (``seccomp.GVISOR_RULES``) allows;
+runsc applies the profile only with ``--oci-seccomp``, so a runsc registered without it is refused.
+Either way the command waits until the relay listens.
 
 The container is named ``corral-<slot>-<random>`` and labelled with its slot, so a container a
 killed caller left behind is found and removed by the next run (its slot is free by then).
@@ -123,6 +125,13 @@ class ContainerSandbox:
                 "(https://gvisor.dev/docs/user_guide/install/) and register it, or use the runc runtime."
             )
             raise SandboxUnavailableError(msg)
+        if self.runtime == "runsc" and not self.gvisor_loads_seccomp():
+            msg = (
+                "The docker engine runs runsc without --oci-seccomp, so corral's seccomp rules would not "
+                "apply inside gVisor; register it with them (runsc install -- --oci-seccomp, then restart "
+                "dockerd), or use the runc runtime."
+            )
+            raise SandboxUnavailableError(msg)
 
     def runtime_registered(self, runtime: str) -> bool:
         """Whether the engine knows ``runtime``: Docker lists its runtimes; Podman finds it (by its containers.conf)."""
@@ -134,6 +143,18 @@ class ContainerSandbox:
             return done.returncode == 0 and runtime in json.loads(done.stdout or "{}")
         except ValueError:
             return False
+
+    def gvisor_loads_seccomp(self) -> bool:
+        """Whether runsc applies the container's seccomp profile: podman is told so on each run; Docker
+        takes runtime flags only from its registration, which must include ``--oci-seccomp``."""
+        if self.engine == "podman":
+            return True
+        done = self.cli("info", "--format", "{{json .Runtimes}}", check=False)
+        try:
+            args = json.loads(done.stdout or "{}").get("runsc", {}).get("runtimeArgs") or []
+        except (ValueError, AttributeError):
+            return False
+        return any(arg.lstrip("-") in ("oci-seccomp", "oci-seccomp=true") for arg in args)
 
     def run(
         self,
@@ -228,7 +249,10 @@ class ContainerSandbox:
                 name=name,
                 slot=slot.name,
                 user=user,
-                profile=_profile(self.settings.home / "cache"),
+                profile=_profile(
+                    self.settings.home / "cache",
+                    seccomp.GVISOR_RULES if self.runtime == "runsc" else seccomp.DEFAULT_RULES,
+                ),
                 files=files,
                 tty=tty is not None,
                 interactive=tty is not None or stdin is not None,
@@ -347,10 +371,10 @@ def _clear_files(runtime: Path, slot_name: str) -> None:
 
 
 @functools.cache
-def _profile(cache_dir: Path) -> Path:
+def _profile(cache_dir: Path, rules: tuple[seccomp.Rule, ...]) -> Path:
     """corral's seccomp rules as the engine's JSON profile, written once into the cache."""
-    text = json.dumps(seccomp.engine_profile(), indent=1, sort_keys=True)
-    path = cache_dir / f"seccomp-{seccomp.cache_key(seccomp.DEFAULT_RULES)}.json"
+    text = json.dumps(seccomp.engine_profile(rules), indent=1, sort_keys=True)
+    path = cache_dir / f"seccomp-{seccomp.cache_key(rules)}.json"
     if not path.exists() or path.read_text() != text:
         cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         part = path.with_suffix(f".{os.getpid()}.part")

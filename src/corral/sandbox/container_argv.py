@@ -91,8 +91,15 @@ DIALECTS: dict[Engine, Dialect] = {
         remove_now=(),
     ),
     "podman": Dialect(
-        # runsc's own network stays off (the relay is the only way out); it may reach the proxy socket mounted in
-        runsc_global=("--runtime", "runsc", "--runtime-flag", "network=none", "--runtime-flag", "fsgofer-host-uds"),
+        # runsc's own network stays off (the relay is the only way out); it may reach the proxy socket
+        # mounted in; it applies the seccomp profile inside gVisor
+        runsc_global=(
+            "--runtime",
+            "runsc",
+            *("--runtime-flag", "network=none"),
+            *("--runtime-flag", "fsgofer-host-uds"),
+            *("--runtime-flag", "oci-seccomp"),
+        ),
         runsc_run=(),
         as_docker=(
             "--passwd=false",  # no /etc/passwd entry for the --user

@@ -27,7 +27,7 @@ from typing import Literal
 
 from corral.errors import SandboxUnavailableError
 
-__all__ = ["DEFAULT_RULES", "Rule", "cache_key", "compile_bpf", "engine_profile", "load_bpf"]
+__all__ = ["DEFAULT_RULES", "GVISOR_RULES", "Rule", "cache_key", "compile_bpf", "engine_profile", "load_bpf"]
 
 Op = Literal["eq", "gt", "masked_eq"]
 
@@ -134,6 +134,13 @@ def _rules() -> tuple[Rule, ...]:
 
 
 DEFAULT_RULES: tuple[Rule, ...] = _rules()
+
+GVISOR_RULES: tuple[Rule, ...] = tuple(
+    r for r in DEFAULT_RULES if (r.syscall, r.op, r.value) != ("socket", "eq", AF_UNIX)
+)
+"""The rules inside gVisor: AF_UNIX sockets are allowed there, because the relay inside reaches the
+proxy socket mounted in through one. gVisor's own kernel serves them, and the only host socket in
+reach is that proxy's, which applies the same policy as the relay."""
 
 
 def compile_bpf(rules: tuple[Rule, ...] = DEFAULT_RULES) -> bytes:
