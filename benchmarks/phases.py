@@ -39,7 +39,7 @@ TITLE = "where the time of one sandbox run and of one CLI call goes (profile)"
 # (module, attribute path, what the phase is)
 PHASES = (
     ("corral.sandbox.bwrap", "BwrapSandbox.check", "check (bwrap on PATH, spec sane)"),
-    ("corral.sandbox.bwrap", "_real_paths", "resolve the spec's real paths"),
+    ("corral.sandbox.plan", "real_paths", "resolve the spec's real paths"),
     ("corral.sandbox.paths", "present", "protected-path scan (before and after the run)"),
     ("corral.sandbox.paths", "find_protected", "protected paths to bind, from the scan"),
     ("corral.sandbox.paths", "plan_layout", "plan layout (secret masks, system dirs)"),
@@ -59,7 +59,7 @@ PHASES = (
     ("corral.sandbox.bridge", "wait_listening", "wait until the relay listens"),
     ("corral.sandbox.bwrap", "_open_gate", "open the gate (--block-fd)"),
     ("corral.sandbox.process", "Supervised.pump", "wait: bwrap runs true, exits"),
-    ("corral.sandbox.bwrap", "_stop", "stop the relay"),
+    ("corral.sandbox.bridge", "stop_relay", "stop the relay"),
     ("corral.sandbox.cgroups", "Cgroup.oom_kills", "read OOM kill count"),
     ("corral.sandbox.cgroups", "Cgroup.peak_memory", "read peak memory"),
     ("corral.sandbox.cgroups", "Cgroup.kill", "cgroup kill sweep (read procs)"),

@@ -17,7 +17,6 @@ import os
 import shutil
 import socket
 import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +28,7 @@ from corral.errors import ConflictError, CorralError, UsageError
 from corral.gitcache import Checkout, GitCache, check_ref, check_url, mask_url
 from corral.jobs.models import Job, JobOptions, JobResult, JobState, Usage, new_job, utc_now
 from corral.jobs.store import JobStore
+from corral.runner.heartbeat import HEARTBEAT, Heartbeat
 from corral.runner.watchdog import Watchdog
 from corral.sandbox.base import SandboxBackend
 from corral.sandbox.spec import Limits, RunResult, SandboxSpec
@@ -39,11 +39,9 @@ if TYPE_CHECKING:
     from corral.egress.gateway import Gateway
     from corral.egress.thread import ProxyThread
 
-__all__ = ["HEARTBEAT", "JobDirs", "JobRunner", "Listener", "default_owner", "find_claude"]
+__all__ = ["JobDirs", "JobRunner", "Listener", "default_owner", "find_claude"]
 
 AGENTS = ("claude-code", "generic")
-HEARTBEAT = 5.0
-"""Seconds between two heartbeats of a job being run; a lease is stale after three missed ones."""
 
 
 def default_owner() -> str:
@@ -99,7 +97,7 @@ class JobRunner:
         self.store = store
         self.owner = owner or default_owner()
         """Who claims the jobs this runner runs (stored as ``Job.owner``)."""
-        self.heartbeat = heartbeat
+        self.heartbeat = Heartbeat(store, heartbeat)
         self.environ = os.environ if environ is None else environ
         if sandbox is None:
             from corral.sandbox.bwrap import BwrapSandbox
@@ -116,9 +114,6 @@ class JobRunner:
         self._interrupted: set[str] = set()
         self._doors: dict[str, tuple[Door, tuple[str, ...]]] = {}
         self._lock = threading.Lock()
-        self._beats = threading.Lock()
-        self._beating: set[str] = set()
-        self._beater: threading.Thread | None = None
 
     def submit(
         self,
@@ -206,7 +201,7 @@ class JobRunner:
             cancel = self._cancels.setdefault(job_id, threading.Event())
         job = self.store.get(job_id)
         try:
-            with self._heartbeat(job_id):
+            with self.heartbeat.beating(job_id):
                 if job.state is JobState.PREPARING and job.owner == self.owner:
                     listener.state(job)  # the claim moved it and logged the move
                 else:
@@ -243,38 +238,6 @@ class JobRunner:
             yield
         finally:
             self.git.detach(self.dirs(self._root(job).id).repo)
-
-    @contextmanager
-    def _heartbeat(self, job_id: str) -> Iterator[None]:
-        """Keep ``heartbeat_at`` of the job fresh while it runs, so recovery can tell a dead owner.
-
-        One thread beats for all the jobs of this runner; once this exits, no beat of the job is under way.
-        """
-        with self._beats:
-            self._beating.add(job_id)
-            if self._beater is None:
-                self._beater = threading.Thread(target=self._beat, name="corral-heartbeat", daemon=True)
-                self._beater.start()
-        try:
-            yield
-        finally:
-            with self._beats:
-                self._beating.discard(job_id)
-
-    def _beat(self) -> None:
-        """Every ``heartbeat`` seconds, a fresh ``heartbeat_at`` for each job being run; ends when none is."""
-        while True:
-            time.sleep(self.heartbeat)
-            with self._beats:
-                if not self._beating:
-                    self._beater = None
-                    return
-                running = list(self._beating)
-            for job_id in running:
-                with self._beats:  # a job that ended meanwhile gets none; its end waits for one under way
-                    if job_id in self._beating:
-                        with contextlib.suppress(CorralError):
-                            self.store.update(job_id, heartbeat_at=utc_now())
 
     def _run(self, job: Job, listener: Listener, cancel: threading.Event) -> Job:
         from corral.egress.door import Door

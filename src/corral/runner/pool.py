@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 
 from corral.errors import ConflictError, CorralError, UsageError
 from corral.jobs.models import ENDED, TERMINAL, Job, JobOptions, JobResult, JobState, utc_now
-from corral.runner.job import HEARTBEAT, JobDirs, JobRunner, default_owner
+from corral.runner.heartbeat import HEARTBEAT
+from corral.runner.job import JobDirs, JobRunner, default_owner
 
 if TYPE_CHECKING:
     from corral.jobs.store import JobStore

@@ -41,8 +41,9 @@ from pathlib import Path
 from corral.errors import SandboxError, SandboxUnavailableError, UsageError
 from corral.sandbox import bridge, paths, seccomp, slots
 from corral.sandbox.bwrap import check_files as check_bwrap_files
-from corral.sandbox.bwrap import classify, plan_run, remove_created
+from corral.sandbox.bwrap import classify
 from corral.sandbox.container_argv import DIALECTS, LABEL, MASK, Engine, Runtime, build_run_argv, cli_env
+from corral.sandbox.plan import plan_run, remove_created
 from corral.sandbox.process import OutputSink, Supervised, TailBuffer
 from corral.sandbox.spec import RunResult, SandboxSpec, Violation
 from corral.settings import Settings
