@@ -19,12 +19,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, event
 
 import corral.jobs
 from corral.errors import ConflictError, NotFoundError, SettingsError, UsageError
 from corral.jobs.models import Job, JobOptions, JobResult, JobState, Usage, new_job
-from corral.jobs.sql import HEAD_REVISION, Base
+from corral.jobs.sql import HEAD_REVISION, Base, SqlJobStore
 from corral.jobs.store import JobStore, open_store
 from corral.settings import Settings
 
@@ -438,6 +438,33 @@ def test_update_and_events_refuse_bad_arguments(store: JobStore) -> None:
         store.append_event(job.id, "", "x")
     assert store.get(job.id) == job
     assert store.events(job.id) == []
+
+
+def test_an_append_and_a_read_are_one_statement_each_on_sqlite(store: JobStore) -> None:
+    """Each round trip to SQLite gives up the GIL, which a busy server pays for in waits: an appended
+    event is one INSERT that takes its own seq, and a job read one SELECT, neither wrapped in
+    BEGIN and COMMIT."""
+    assert isinstance(store, SqlJobStore)
+    job = store.add(new_job("p", "r"))
+    sent: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        sent.append(statement.split()[0].upper())
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        assert [store.append_event(job.id, "note", str(i)).seq for i in range(3)] == [1, 2, 3]
+        assert sent == ["INSERT"] * 3
+        sent.clear()
+        assert store.get(job.id).id == job.id
+        assert [j.id for j in store.list()] == [job.id]
+        assert sent == ["SELECT", "SELECT"]
+        sent.clear()
+        store.update(job.id, state=S.PREPARING, log=(("state", "preparing"),))
+        assert sent == ["BEGIN", "SELECT", "UPDATE", "INSERT"]  # a move and its event: one transaction
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+    assert [e.data for e in store.events(job.id)] == ["0", "1", "2", "preparing"]
 
 
 def test_time_a_thousand_appends(store: JobStore) -> None:

@@ -3,8 +3,11 @@
 Every write runs in one transaction that first reads the job row ``FOR UPDATE``; on SQLite
 that transaction starts with ``BEGIN IMMEDIATE`` (the write lock is taken before the read),
 so writers queue behind it (this process's on a lock of its own, other processes' through
-WAL and ``busy_timeout``) instead of reading a state that is about to change. A move and the log entries that go with it
-(its ``state`` event) are one transaction, and the statements of these paths are built once.
+WAL and ``busy_timeout``) instead of reading a state that is about to change. On SQLite an
+appended event is one statement that takes its own seq, without ``BEGIN`` or that read, and the
+one-statement reads have no ``BEGIN`` either: each round trip gives up the GIL. A move and the
+log entries that go with it (its ``state`` event) are one transaction, and the statements of
+these paths are built once.
 The schema is owned by the alembic migrations in ``migrations/``; ``SqlJobStore.open`` brings a
 database to their head.
 """
@@ -199,8 +202,10 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Connection) -> None:
-        write = connection.get_execution_options().get("corral_write", False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        options = connection.get_execution_options()
+        if options.get("corral_one_statement", False):
+            return  # one statement is a transaction of its own
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if options.get("corral_write", False) else "BEGIN")
 
 
 class SqlJobStore:
@@ -209,14 +214,22 @@ class SqlJobStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._writer = engine.execution_options(corral_write=True)
-        self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        self._one_writer = engine.dialect.name == "sqlite"
+        """Whether the database lets one writer in at a time (SQLite): then one statement needs
+        neither a transaction around it nor a row lock before it."""
+        self._statement = engine.execution_options(corral_one_statement=True)
+        """Runs one statement (a read, or a write behind ``_write_lock``) without ``BEGIN`` and
+        ``COMMIT``: two round trips fewer, in each of which the thread would give up the GIL."""
+        self._write_lock = threading.Lock() if self._one_writer else contextlib.nullcontext()
         """SQLite's own wait for its write lock polls in sleeps of 1 to 100 ms; this process's writers
         queue on a lock of their own instead (other processes still meet ``busy_timeout``)."""
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[Connection]:
-        """A write transaction, behind this process's other writers."""
-        with self._write_lock, self._writer.begin() as conn:
+    def _writing(self, *, one_statement: bool = False) -> Iterator[Connection]:
+        """A write transaction, behind this process's other writers; for ``one_statement`` (on a
+        database that lets one writer in at a time), the statement's own transaction."""
+        writer = self._statement if one_statement and self._one_writer else self._writer
+        with self._write_lock, writer.begin() as conn:
             yield conn
 
     @classmethod
@@ -357,7 +370,7 @@ class SqlJobStore:
         }
 
     def get(self, job_id: str) -> Job:
-        with self._engine.connect() as conn:
+        with self._statement.connect() as conn:
             row = conn.execute(_JOB, {"job_id": job_id}).one_or_none()
         if row is None:
             raise _not_found(job_id)
@@ -370,7 +383,7 @@ class SqlJobStore:
         query = select(JOBS).order_by(JOBS.c.created_at.desc(), JOBS.c.id.desc()).limit(limit).offset(offset)
         if state is not None:
             query = query.where(JOBS.c.state == JobState(state).value)
-        with self._engine.connect() as conn:
+        with self._statement.connect() as conn:
             return [_job(row) for row in conn.execute(query)]
 
     def update(
@@ -419,11 +432,14 @@ class SqlJobStore:
     def append_event(self, job_id: str, kind: str, data: str) -> Event:
         _check_log(((kind, data),))
         at = utc_now()
-        with self._writing() as conn:
-            # Locking the job row serialises the writers of one job on databases with row locks.
-            if conn.execute(_STATE_LOCKED, {"job_id": job_id}).first() is None:
-                raise _not_found(job_id)
-            seq = _append(conn, job_id, ((kind, data),), at)
+        try:
+            with self._writing(one_statement=True) as conn:
+                # Locking the job row serialises the writers of one job on databases with row locks.
+                if not self._one_writer and conn.execute(_STATE_LOCKED, {"job_id": job_id}).first() is None:
+                    raise _not_found(job_id)
+                seq = _append(conn, job_id, ((kind, data),), at)
+        except IntegrityError:  # the events' foreign key: no such job
+            raise _not_found(job_id) from None
         return Event(job_id=job_id, seq=seq, at=at, kind=kind, data=data)
 
     def events(self, job_id: str, *, after: int = 0, limit: int | None = None) -> builtins.list[Event]:
@@ -450,7 +466,17 @@ def _check_log(log: Sequence[tuple[str, str]]) -> None:
 def _append(
     conn: Connection, job_id: str, log: Sequence[tuple[str, str]], at: datetime, *, last: int | None = None
 ) -> int:
-    """Append ``log`` (kind, data) to the job's events after ``last`` (default: its newest); the last seq."""
+    """Append ``log`` (kind, data) to the job's events after ``last`` (default: its newest); the seq
+    of the last entry appended (0 if none was, without ``last``).
+
+    Without ``last``, each entry takes the job's next seq in the statement that inserts it where
+    the database returns inserted values; elsewhere the newest seq is read first.
+    """
+    if last is None and conn.dialect.insert_returning:
+        seq = 0
+        for kind, data in log:
+            seq = conn.execute(_NEXT_EVENT, {"job_id": job_id, "at": at, "kind": kind, "data": data}).scalar_one()
+        return seq
     if last is None:
         last = conn.execute(_LAST_SEQ, {"job_id": job_id}).scalar_one()
     for seq, (kind, data) in enumerate(log, last + 1):
@@ -476,3 +502,19 @@ _SET_RETURNING = _SET.returning(*JOBS.c)
 _INSERT_JOB = insert(JOBS)
 _INSERT_EVENT = insert(EVENTS)
 _LAST_SEQ = select(func.coalesce(func.max(EVENTS.c.seq), 0)).where(EVENTS.c.job_id == bindparam("job_id"))
+_EVENT_JOB = bindparam("job_id", type_=EVENTS.c.job_id.type)
+_NEXT_EVENT = (
+    insert(EVENTS)
+    .from_select(
+        ["job_id", "seq", "at", "kind", "data"],
+        select(
+            _EVENT_JOB,
+            func.coalesce(func.max(EVENTS.c.seq), 0) + 1,
+            bindparam("at", type_=EVENTS.c.at.type),
+            bindparam("kind", type_=EVENTS.c.kind.type),
+            bindparam("data", type_=EVENTS.c.data.type),
+        ).where(EVENTS.c.job_id == _EVENT_JOB),
+    )
+    .returning(EVENTS.c.seq)
+)
+"""Appends one event with the job's next seq, in one statement."""
