@@ -12,7 +12,7 @@ CLAUDE_VERSION := 2.1.197
 CLAUDE_DIR := tools/claude-code
 CLAUDE := $(CLAUDE_DIR)/node_modules/.bin/claude
 
-.PHONY: setup system venv claude engine run test test-unit test-security lint bench clean
+.PHONY: setup system venv claude engine srt run test test-unit test-security lint bench clean
 
 setup: system venv claude
 
@@ -65,7 +65,16 @@ lint: setup
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
 
-bench: setup engine
+# Anthropic's sandbox runtime, pinned: the baseline of benchmarks/srt.py (it also needs ripgrep).
+SRT_VERSION := 0.0.78
+
+srt: system
+	@dpkg -s ripgrep >/dev/null 2>&1 || { SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends ripgrep; }
+	@npm ls --prefix tools --depth 0 @anthropic-ai/sandbox-runtime 2>/dev/null | grep -q '@$(SRT_VERSION)$$' || \
+		npm install --prefix tools --no-audit --no-fund --loglevel=error @anthropic-ai/sandbox-runtime@$(SRT_VERSION)
+
+bench: setup engine srt
 	$(PY) -m compileall -q src
 	$(PY) -m benchmarks
 

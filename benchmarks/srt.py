@@ -38,11 +38,7 @@ from benchmarks.cli_start import cli_environment, corral_script
 NAME = "srt"
 TITLE = "corral vs Anthropic's srt: `true`, and one proxied HTTP GET; whole processes"
 
-INSTALL = (
-    "install it with `npm install --prefix tools @anthropic-ai/sandbox-runtime` in the repository "
-    "(tools/ is git-ignored); it also needs bwrap, socat and ripgrep: "
-    "`apt-get install -y --no-install-recommends bubblewrap socat ripgrep`"
-)
+INSTALL = "install it with `make srt` (the pinned version, into the git-ignored tools/, with ripgrep)"
 
 BODY = b"corral benchmark\n" * 64  # 1088 bytes
 """What ``GET /f`` answers: a small file."""
