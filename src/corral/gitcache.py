@@ -1,17 +1,13 @@
 """The git cache: one bare mirror per remote, and per job a checkout that borrows its objects.
 
-``GitCache(root)`` keeps ``root/mirrors/<name>-<hash>`` (``git clone --mirror`` once, then ``git
-fetch --prune``) under an exclusive ``flock`` on ``<mirror>.lock``, so jobs in threads or
-processes never write one mirror at once. With ``refresh_interval`` N > 0 a mirror fetched less
-than N seconds ago (by any process: the mirror's file ``corral-fetched`` holds the time) is used
-as it is; a ref it does not have yet fetches at once. A checkout is made like ``git clone --shared
---no-checkout`` of the mirror would make it, without its transport round trip or a git process:
+``GitCache(root)`` keeps the mirrors under ``root/mirrors`` (``gitmirrors``: cloned once, then
+fetched at most once per ``refresh_interval``; a ref a mirror does not have yet fetches at once).
+A checkout is made like ``git clone --shared --no-checkout`` of the mirror would make it, without
+its transport round trip or a git process:
 what ``git init`` writes, ``objects/info/alternates`` pointing at the mirror (objects are
 borrowed, never hard-linked: the sandbox's uid will own the checkout), ``origin`` set to the
 credential-free URL with the mirror's branches as ``refs/remotes/origin/*`` and its tags, then
 branch ``corral/<job-id>`` checked out. The sandbox must see ``Checkout.mirror`` read-only.
-Mirrors run with ``gc.auto=0``: a checkout's base objects live only there, so they are never
-pruned.
 
 As root, a checkout writes none of the commit's files: it is an overlay (``gitlayers``) of a tree
 prepared once per commit under ``root/trees`` (``gittrees``), with the job's ``.git`` and changes
@@ -21,9 +17,9 @@ unmount it around each use, ``reap`` unmounts what a killed runner left, ``remov
 first. Where an overlay cannot be mounted (not root, or a file system that refuses it) the
 checkout is a plain one as above; ``Checkout.overlay`` says which, ``fallback`` why.
 
-Credentials: an ``https://user:token@host/...`` URL is accepted; git sees it without the
-userinfo (the mirror's config and the checkout's ``origin`` never hold it) and gets the user and
-token through ``GIT_ASKPASS`` for that one command. Every message masks URLs.
+Credentials: an ``https://user:token@host/...`` URL is accepted; the checkout's ``origin`` never
+holds its userinfo, and ``push`` gets the token to git as the mirrors do (``gitmirrors``). Every
+message masks URLs.
 
 After the agent, ``finish`` (or ``commit`` and ``diff``) and ``push`` run git on the host over a
 tree the agent wrote. Before each, ``.git`` is inspected (``gitinspect``: no symlinks, no
@@ -35,48 +31,36 @@ a job that changed nothing.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import os
 import shutil
-import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 from corral.errors import GitError, RepoError, WorkspaceError
 from corral.gitcmd import (
     Remote,
-    askpass,
     check_ref,
     check_url,
     config_section,
-    environment,
+    git,
     mask_url,
-    mirror_name,
     packed_refs,
     parse_author,
     parse_status,
-    protocols,
-    run,
 )
 from corral.gitinspect import Inspector
 from corral.gitlayers import Layers
+from corral.gitmirrors import Mirrors, credentials, locked
 from corral.gittrees import Tree, TreeCache
 from corral.secrets import Secret
 
 __all__ = ["Checkout", "Diff", "GitCache", "check_ref", "check_url", "mask_url"]
 
 COMMIT = ("commit", "--quiet", "--no-verify", "--no-gpg-sign", "--cleanup=verbatim", "--allow-empty-message")
-STAMP = "corral-fetched"
-"""The file in a mirror that notes its last fetch (git ignores files it does not know in a repository)."""
 FETCH_SPEC = "+refs/heads/*:refs/remotes/origin/*"
-TOKEN_USERNAME = "x-access-token"
-"""The user name sent with a token when the URL names none (GitHub's; GitLab accepts any)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,19 +99,14 @@ class GitCache:
         overlay: bool = True,
     ) -> None:
         self.root = root.absolute()
-        self.allow_local = allow_local
         self.author = author
-        self.refresh_interval = refresh_interval
-        """Seconds a fetched mirror is used without fetching again; 0 fetches before every checkout."""
+        self._mirrors = Mirrors(self.mirrors, allow_local=allow_local, refresh_interval=refresh_interval)
         self.overlay = overlay
         """Whether to make overlay checkouts where they can be mounted; ``False`` writes every file."""
         self.fallback: str | None = None if overlay else "overlay checkouts are turned off"
         """Why the last checkout was a plain one; ``None`` after an overlay checkout."""
         self.trees = TreeCache(self.root / "trees")
         self.layers = Layers(self.root / "layers", self.trees)
-        self._lock = threading.Lock()
-        self._seen: dict[tuple[Path, str, str], str] = {}
-        """Per mirror and fetch (the stamp's mtime): the commits refs resolve to, and the listed refs."""
         self._inspector = Inspector(self._list_config)
         name, email = parse_author(author)
         self._identity = {
@@ -143,11 +122,11 @@ class GitCache:
 
     def mirror(self, url: str) -> Path:
         """The fresh mirror of ``url``: cloned the first time, fetched with ``--prune`` after."""
-        return self._refresh(self._remote(url))[0]
+        return self._mirrors.refresh(self._mirrors.remote(url))[0]
 
     def checkout(self, url: str, ref: str | None, job_id: str, dest: Path) -> Checkout:
         """Refresh the mirror (within ``refresh_interval``), then check out ``ref`` (default: HEAD) at ``dest``."""
-        remote = self._remote(url)
+        remote = self._mirrors.remote(url)
         if ref is not None:
             check_ref(ref)
         branch = _branch(job_id)
@@ -155,17 +134,17 @@ class GitCache:
         if dest.is_symlink() or (dest.exists() and (not dest.is_dir() or any(dest.iterdir()))):
             msg = f"The checkout directory {dest} exists and is not an empty directory; give a new path."
             raise WorkspaceError(msg)
-        mirror, fetched = self._refresh(remote)
+        mirror, fetched = self._mirrors.refresh(remote)
         created = not dest.exists()
         tree: Tree | None = None
         try:
-            with _locked(mirror, exclusive=False):
-                base = self._resolve(mirror, ref, remote, final=fetched)
+            with locked(mirror, exclusive=False):
+                base = self._mirrors.resolve(mirror, ref, remote, final=fetched)
             if base is None:  # the mirror was not fetched just now: the ref may be newer than it
-                mirror, _ = self._refresh(remote, force=True)
-            with _locked(mirror, exclusive=False):
+                mirror, _ = self._mirrors.refresh(remote, force=True)
+            with locked(mirror, exclusive=False):
                 if base is None:
-                    base = self._resolve(mirror, ref, remote, final=True)
+                    base = self._mirrors.resolve(mirror, ref, remote, final=True)
                 assert base is not None
                 if self.overlay:
                     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -177,7 +156,7 @@ class GitCache:
                 self._init(dest, mirror, remote)
             if tree is None:
                 what = f"checking out {base} at {dest}"
-                self._git(["checkout", "--quiet", "-b", branch, base], what=what, repo=dest)
+                git(["checkout", "--quiet", "-b", branch, base], what=what, repo=dest)
             else:
                 _start_branch(dest / ".git", branch, base, tree.index)
         except BaseException:
@@ -207,7 +186,7 @@ class GitCache:
         gitdir = dest / ".git"
         _skeleton(gitdir)
         (gitdir / "objects" / "info" / "alternates").write_text(f"{mirror / 'objects'}\n")
-        refs, tags, default = self._refs(mirror)
+        refs, tags, default = self._mirrors.refs(mirror)
         config = config_section("remote.origin", [("url", remote.url), ("fetch", FETCH_SPEC)])
         if default is not None and default in refs:
             name = default.removeprefix("refs/heads/")
@@ -237,18 +216,18 @@ class GitCache:
 
     def _commit(self, checkout: Checkout, message: str) -> str | None:
         target = f"refs/heads/{checkout.branch}"
-        head = self._git(["symbolic-ref", "--quiet", "HEAD"], what="reading HEAD", repo=checkout.path, ok=(0, 1))
+        head = git(["symbolic-ref", "--quiet", "HEAD"], what="reading HEAD", repo=checkout.path, ok=(0, 1))
         if head.stdout.decode(errors="replace").strip() != target:
             if not self._exists(checkout.path, target):
-                self._git(["update-ref", target, checkout.base], what="recreating the job branch", repo=checkout.path)
-            self._git(["symbolic-ref", "HEAD", target], what="putting HEAD on the job branch", repo=checkout.path)
-        self._git(["add", "--all"], what=f"adding the changes in {checkout.path}", repo=checkout.path)
-        staged = self._git(
+                git(["update-ref", target, checkout.base], what="recreating the job branch", repo=checkout.path)
+            git(["symbolic-ref", "HEAD", target], what="putting HEAD on the job branch", repo=checkout.path)
+        git(["add", "--all"], what=f"adding the changes in {checkout.path}", repo=checkout.path)
+        staged = git(
             ["diff", "--cached", "--quiet", "--no-ext-diff"], what="looking for changes", repo=checkout.path, ok=(0, 1)
         )
         if staged.returncode == 0:
             return None
-        self._git(
+        git(
             [*COMMIT, "-m", message],
             what=f"committing in {checkout.path}",
             repo=checkout.path,
@@ -261,7 +240,7 @@ class GitCache:
         the job branch at ``base`` and nothing changed: ``(None, an empty Diff)``."""
         self._inspect(checkout, tree=True)
         status = parse_status(
-            self._git(
+            git(
                 ["status", "--porcelain=v2", "--branch", "-z", "--untracked-files=all", "--ignore-submodules=none"],
                 what=f"looking for changes in {checkout.path}",
                 repo=checkout.path,
@@ -285,10 +264,8 @@ class GitCache:
 
     def _diff(self, checkout: Checkout) -> Diff:
         span = [checkout.base, f"refs/heads/{checkout.branch}", "--"]
-        text = self._git(
-            ["diff", "--no-ext-diff", "--no-textconv", "--no-color", *span], what="diffing", repo=checkout.path
-        )
-        names = self._git(
+        text = git(["diff", "--no-ext-diff", "--no-textconv", "--no-color", *span], what="diffing", repo=checkout.path)
+        names = git(
             ["diff", "--no-ext-diff", "--no-renames", "--name-only", "-z", *span],
             what="listing changed files",
             repo=checkout.path,
@@ -298,11 +275,11 @@ class GitCache:
 
     def push(self, checkout: Checkout, url: str, token: Secret | None) -> None:
         """Push the job branch to ``url``; a token reaches git only through ``GIT_ASKPASS``."""
-        remote = self._remote(url)
+        remote = self._mirrors.remote(url)
         self._inspect(checkout)
         ref = f"refs/heads/{checkout.branch}"
-        with _credentials(remote, token) as (env, secrets):
-            self._git(
+        with credentials(remote, token) as (env, secrets):
+            git(
                 ["push", "--quiet", "--no-verify", "--", remote.url, f"{ref}:{ref}"],
                 what=f"pushing {checkout.branch} to {remote.url}",
                 repo=checkout.path,
@@ -322,114 +299,6 @@ class GitCache:
 
     # -- the parts --------------------------------------------------------------------------
 
-    def _remote(self, url: str) -> Remote:
-        remote = Remote.parse(url, allow_local=self.allow_local)
-        if remote.local and not remote.url.lower().startswith("file:"):
-            return Remote(os.path.abspath(os.path.expanduser(remote.url)))  # noqa: PTH100, PTH111
-        return remote
-
-    def _refresh(self, remote: Remote, *, force: bool = False) -> tuple[Path, bool]:
-        """The mirror of ``remote``, and whether it was fetched (or cloned) by this call."""
-        self.mirrors.mkdir(parents=True, exist_ok=True)
-        path = self.mirrors / mirror_name(remote.url)
-        if not force and self._fresh(path):
-            return path, False
-        with _locked(path, exclusive=True), _credentials(remote, None) as (env, secrets):
-            if not force and self._fresh(path):  # fetched by someone else while we waited for the lock
-                return path, False
-            if (path / "HEAD").is_file():
-                self._git(
-                    ["fetch", "--prune", "--quiet", "origin"],
-                    what=f"fetching {remote.url} into its mirror",
-                    bare=path,
-                    local=remote.local,
-                    env=env,
-                    secrets=secrets,
-                )
-                _stamp(path)
-                return path, True
-            partial = path.with_name(f".{path.name}.partial")  # a clone cut short is never a mirror
-            if partial.exists():
-                _rmtree(partial)
-            try:
-                self._git(
-                    ["clone", "--mirror", "--quiet", "--", remote.url, str(partial)],
-                    what=f"cloning {remote.url}",
-                    local=remote.local,
-                    env=env,
-                    secrets=secrets,
-                )
-                self._git(["config", "gc.auto", "0"], what="configuring the mirror", bare=partial)
-                partial.rename(path)
-            finally:
-                if partial.exists():
-                    _rmtree(partial)
-            _stamp(path)
-        return path, True
-
-    def _fresh(self, mirror: Path) -> bool:
-        """Whether ``mirror`` exists and was fetched less than ``refresh_interval`` seconds ago."""
-        if self.refresh_interval <= 0 or not (mirror / "HEAD").is_file():
-            return False
-        note = _fetched_at(mirror).split(" ", 1)[0]
-        age = time.time() - (int(note) / 1e9 if note.isdigit() else 0)
-        return 0 <= age < self.refresh_interval
-
-    def _resolve(self, mirror: Path, ref: str | None, remote: Remote, *, final: bool) -> str | None:
-        """The commit ``ref`` names in ``mirror`` (remembered until its next fetch); ``None`` if it has
-        none and not ``final``, else ``GitError``."""
-        key = (mirror, _fetched_at(mirror), "HEAD" if ref is None else f"ref:{ref}")
-        with self._lock:
-            known = self._seen.get(key)
-        if known is not None:
-            return known
-        name = "HEAD" if ref is None else ref
-        found = self._git(
-            ["rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"],
-            what=f"resolving {name!r} in the mirror of {remote.url}",
-            bare=mirror,
-            ok=(0, 1),
-        )
-        if found.returncode != 0:
-            if not final:
-                return None
-            if ref is None:
-                msg = f"The repository {remote.url} has no commit on its default branch; push one or give a ref."
-            else:
-                msg = f"The ref {ref!r} does not exist in {remote.url}; give a branch, tag or commit SHA it has."
-            raise GitError(mask_url(msg))
-        sha = found.stdout.decode().strip()
-        self._remember(key, sha)
-        return sha
-
-    def _refs(self, mirror: Path) -> tuple[dict[str, str], dict[str, str], str | None]:
-        """The mirror's branches and tags (name -> sha) and the branch its HEAD names, as of its last fetch."""
-        stamp = _fetched_at(mirror)
-        with self._lock:
-            known = self._seen.get((mirror, stamp, "refs"))
-        if known is None:
-            listed = self._git(
-                ["for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/", "refs/tags/"],
-                what="listing the refs of a mirror",
-                bare=mirror,
-            )
-            known = listed.stdout.decode(errors="surrogateescape")
-            self._remember((mirror, stamp, "refs"), known)
-        heads: dict[str, str] = {}
-        tags: dict[str, str] = {}
-        for line in known.splitlines():
-            sha, _, name = line.partition(" ")
-            (heads if name.startswith("refs/heads/") else tags)[name] = sha
-        head = (mirror / "HEAD").read_text(errors="replace").strip()
-        default = head.removeprefix("ref: ") if head.startswith("ref: refs/heads/") else None
-        return heads, tags, default
-
-    def _remember(self, key: tuple[Path, str, str], value: str) -> None:
-        with self._lock:
-            if len(self._seen) > 4096:  # old fetches' entries are never asked for again
-                self._seen.clear()
-            self._seen[key] = value
-
     def _inspect(self, checkout: Checkout, *, tree: bool = False) -> None:
         """Refuse a checkout whose ``.git`` could make host git run or read what it should not, and
         with ``tree`` (its files are read) an overlay checkout that is not mounted."""
@@ -446,7 +315,7 @@ class GitCache:
 
     def _list_config(self, config: Path) -> bytes:
         """``git config --list --null`` of the file ``config`` alone, as git reads it."""
-        listed = self._git(
+        listed = git(
             ["config", "--file", str(config), "--no-includes", "--list", "--null"],
             what=f"reading the config {config}",
             cwd=Path("/"),
@@ -454,37 +323,11 @@ class GitCache:
         return listed.stdout
 
     def _exists(self, repo: Path, ref: str) -> bool:
-        found = self._git(["rev-parse", "--verify", "--quiet", ref], what=f"looking up {ref}", repo=repo, ok=(0, 1))
+        found = git(["rev-parse", "--verify", "--quiet", ref], what=f"looking up {ref}", repo=repo, ok=(0, 1))
         return found.returncode == 0
 
     def _rev(self, repo: Path, name: str) -> str:
-        return self._git(["rev-parse", "--verify", name], what=f"resolving {name}", repo=repo).stdout.decode().strip()
-
-    def _git(
-        self,
-        args: Sequence[str],
-        *,
-        what: str,
-        repo: Path | None = None,
-        bare: Path | None = None,
-        cwd: Path | None = None,
-        local: bool = False,
-        env: dict[str, str] | None = None,
-        secrets: Sequence[str] = (),
-        ok: Sequence[int] = (0,),
-    ) -> subprocess.CompletedProcess[bytes]:
-        """Run git in a checkout (``repo``), a mirror (``bare``) or nowhere in particular."""
-        extra = dict(env or {})
-        options = list(protocols(local=local))
-        if repo is not None:
-            extra.update(GIT_DIR=str(repo / ".git"), GIT_WORK_TREE=str(repo))
-            options += ["-c", f"safe.directory={repo}"]
-            cwd = repo
-        elif bare is not None:
-            extra["GIT_DIR"] = str(bare)
-            cwd = bare
-        full_env = environment(os.environ, extra)
-        return run([*options, *args], what=what, env=full_env, cwd=cwd, secrets=secrets, ok=ok)
+        return git(["rev-parse", "--verify", name], what=f"resolving {name}", repo=repo).stdout.decode().strip()
 
 
 def _branch(job_id: str) -> str:
@@ -519,46 +362,6 @@ def _start_branch(gitdir: Path, branch: str, base: str, index: Path) -> None:
     ref.write_text(f"{base}\n")
     (gitdir / "HEAD").write_text(f"ref: refs/heads/{branch}\n")
     shutil.copyfile(index, gitdir / "index")
-
-
-def _stamp(mirror: Path) -> None:
-    """Note that ``mirror`` was fetched now: its file ``corral-fetched`` holds the time in ns and a nonce."""
-    stamp = mirror / STAMP
-    partial = mirror / f".{STAMP}.{os.getpid()}.{threading.get_ident()}"
-    partial.write_text(f"{time.time_ns()} {os.urandom(8).hex()}\n")
-    partial.replace(stamp)
-
-
-def _fetched_at(mirror: Path) -> str:
-    """The note of ``mirror``'s last fetch (``"<ns> <nonce>"``); ``"0"`` if there is none."""
-    try:
-        return (mirror / STAMP).read_text().strip() or "0"
-    except (FileNotFoundError, UnicodeDecodeError):
-        return "0"
-
-
-@contextlib.contextmanager
-def _locked(mirror: Path, *, exclusive: bool) -> Iterator[None]:
-    """Hold ``<mirror>.lock``: exclusive to write the mirror, shared to read it."""
-    fd = os.open(mirror.with_name(f"{mirror.name}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
-
-
-@contextlib.contextmanager
-def _credentials(remote: Remote, token: Secret | None) -> Iterator[tuple[dict[str, str], tuple[str, ...]]]:
-    """The askpass environment and the strings to blank in messages, for ``token`` or the URL's."""
-    password = token if token is not None else remote.password
-    if password is None and remote.username is None:
-        yield {}, ()
-        return
-    username = remote.username or TOKEN_USERNAME
-    secrets = (password.reveal(),) if password is not None else (username,)
-    with askpass(username, password if password is not None else Secret("")) as env:
-        yield env, secrets
 
 
 def _give_back(path: Path) -> None:

@@ -10,7 +10,8 @@ one git process), so they never land in argv, a config file, or a message.
 
 ``run`` executes git with an environment built from nothing (``environment``) and with
 ``HARDENING`` in front of every subcommand, so neither the host's git configuration nor a
-repository's own can make git run a program corral did not choose.
+repository's own can make git run a program corral did not choose; ``git`` runs it in a
+checkout or a mirror.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
     "check_url",
     "config_section",
     "environment",
+    "git",
     "mask_url",
     "mirror_name",
     "packed_refs",
@@ -441,6 +443,32 @@ def run(
 
 _GIT: dict[str | None, str] = {}
 """Where git was found, per PATH: every git command asks, and looking walks the PATH with a stat per entry."""
+
+
+def git(
+    args: Sequence[str],
+    *,
+    what: str,
+    repo: Path | None = None,
+    bare: Path | None = None,
+    cwd: Path | None = None,
+    local: bool = False,
+    env: dict[str, str] | None = None,
+    secrets: Sequence[str] = (),
+    ok: Sequence[int] = (0,),
+) -> subprocess.CompletedProcess[bytes]:
+    """Run git in a checkout (``repo``), a mirror (``bare``) or nowhere in particular, with the
+    allowed ``protocols`` and the hardened ``environment``."""
+    extra = dict(env or {})
+    options = list(protocols(local=local))
+    if repo is not None:
+        extra.update(GIT_DIR=str(repo / ".git"), GIT_WORK_TREE=str(repo))
+        options += ["-c", f"safe.directory={repo}"]
+        cwd = repo
+    elif bare is not None:
+        extra["GIT_DIR"] = str(bare)
+        cwd = bare
+    return run([*options, *args], what=what, env=environment(os.environ, extra), cwd=cwd, secrets=secrets, ok=ok)
 
 
 def _which_git(path: str | None) -> str | None:

@@ -322,17 +322,17 @@ def test_host_git_refuses_a_tampered_checkout(
 def test_a_config_that_passed_is_not_read_by_git_again_but_a_changed_one_is(
     remote: Remote, cache: GitCache, public: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import corral.gitcache
+    import corral.gitcmd
 
     listings: list[list[str]] = []
-    real = corral.gitcache.run
+    real = corral.gitcmd.run
 
     def spy(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
         if "--list" in args:
             listings.append(list(args))
         return real(args, **kwargs)
 
-    monkeypatch.setattr(corral.gitcache, "run", spy)
+    monkeypatch.setattr(corral.gitcmd, "run", spy)
     first = cache.checkout(remote.url, None, "first", public / "first")
     second = cache.checkout(remote.url, None, "second", public / "second")
     assert (first.path / ".git" / "config").read_bytes() == (second.path / ".git" / "config").read_bytes()
