@@ -108,10 +108,38 @@ def run_checks(settings: Settings) -> list[Check]:
                 required=False,
             )
         )
+    delay = cgroups.migration_ms(driver)
+    if delay is not None:
+        checks.append(migration_check(delay))
     checks.extend(_probe_sandbox(settings))
     checks.extend(_probe_bridge(settings))
     checks.extend(_probe_engine(settings, engine) for engine in ("docker", "podman"))
     return checks
+
+
+SLOW_MIGRATION_MS = 2.0
+"""A cgroup migration after a pause slower than this waits for an RCU grace period."""
+
+
+def migration_check(delay_ms: float, root: Path = Path("/sys/fs/cgroup")) -> Check:
+    """How long the first cgroup migration after a pause takes, and how to make it cheap (never required)."""
+    detail = f"{delay_ms:.1f} ms to move a process into a group after 100 ms idle"
+    if delay_ms < SLOW_MIGRATION_MS:
+        return Check("cgroup migration", True, detail, required=False)
+    boot = "boot with cgroup_favordynmods=true (kernel 6.7+)"
+    if (root / "cgroup.controllers").exists():
+        remedy = f"mount -o remount,favordynmods {root} (kernel 6.0+), or {boot}"
+    elif (root / "unified" / "cgroup.controllers").exists():
+        remedy = f"mount -o remount,favordynmods {root / 'unified'} (kernel 6.0+), or {boot}"
+    else:
+        remedy = boot
+    return Check(
+        "cgroup migration",
+        False,
+        f"{detail}: the kernel waits for an RCU grace period, which a sandbox start after a pause pays once",
+        f"{remedy}; forks and exits then cost a little more",
+        required=False,
+    )
 
 
 def _probe_engine(settings: Settings, engine: Literal["docker", "podman"]) -> Check:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -174,6 +175,8 @@ def test_doctor_probes_for_real(home: Path) -> None:
         "egress bridge",
     ):
         assert f"ok   {name}" in proc.stdout
+    if os.geteuid() == 0:  # with cgroups: the migration is timed, fast ("ok") or with its fix ("warn")
+        assert re.search(r"^(ok  |warn) cgroup migration +\d+\.\d ms to move a process", proc.stdout, re.MULTILINE)
     assert "sandboxes can run here." in proc.stdout
 
 

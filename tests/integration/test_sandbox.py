@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from corral.sandbox.bwrap import BwrapSandbox
-from corral.sandbox.cgroups import CgroupDriver
+from corral.sandbox.cgroups import CgroupDriver, migration_ms
 from corral.sandbox.spec import Limits, RunResult, SandboxSpec
 from corral.settings import Settings
 from tests.tools import require_root
@@ -139,6 +139,16 @@ def test_no_cgroup_is_left_after_runs(sandbox: BwrapSandbox, workspace: Path) ->
         used.add(result.sandbox_id)
     # other sandboxes may run at the same time; none of the slots these runs used keeps a group
     assert [d for name in used for d in sandbox.driver.group(name).dirs if d.exists()] == []
+
+
+def test_the_migration_probe_moves_a_real_process_and_leaves_no_group(sandbox: BwrapSandbox) -> None:
+    require_root()
+    delay = migration_ms(sandbox.driver, idle=0.02, samples=2)
+    assert delay is not None
+    assert 0 < delay < 1000
+    probe = sandbox.driver.group(f"probe-{os.getpid()}")
+    assert [d for d in probe.dirs if d.exists()] == []
+    assert migration_ms(CgroupDriver(0, {}, "no hierarchy")) is None
 
 
 def test_limits_unavailable_are_reported_not_silent(settings: Settings, workspace: Path) -> None:
