@@ -178,20 +178,23 @@ def _library_table(budget: Budget, workspace_kind: str) -> tuple[list[tuple[str,
                 timers.end_run(time.perf_counter() - start)
                 runs += 1
     total = statistics.median(timers.samples["TOTAL"])
-    rows: list[tuple[str, ...]] = [(f"phase ({workspace_kind} workspace, {runs} runs)", "p50", "mean", "share")]
+    rows: list[tuple[str, ...]] = [
+        (f"phase ({workspace_kind} workspace, {runs} runs)", "p50 when run", "per run", "share", "runs")
+    ]
+    # A phase that not every run has (the kill sweep) counts by its time per run, not per occurrence.
     ordered = sorted(
-        (label for label in timers.samples if label != "TOTAL"),
-        key=lambda label: -statistics.fmean(timers.samples[label]),
+        (label for label in timers.samples if label != "TOTAL"), key=lambda label: -sum(timers.samples[label])
     )
+    everything = sum(timers.samples["TOTAL"])
     for label in [*ordered, "TOTAL"]:
         values = timers.samples[label]
-        mean = statistics.fmean(values)
         rows.append(
             (
                 label,
                 f"{percentile(values, 50) * 1000:.3f} ms",
-                f"{mean * 1000:.3f} ms",
-                f"{100 * mean / statistics.fmean(timers.samples['TOTAL']):.0f}%",
+                f"{sum(values) / runs * 1000:.3f} ms",
+                f"{100 * sum(values) / everything:.0f}%",
+                f"{len(values)}",
             )
         )
     notes.append(f"{workspace_kind} workspace: p50 of a whole run {total * 1000:.2f} ms")
