@@ -20,6 +20,9 @@ from corral.settings import Settings
 
 __all__ = ["Check", "run_checks"]
 
+SLOW_MIGRATION_MS = 2.0
+"""A cgroup migration after a pause slower than this waits for an RCU grace period."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Check:
@@ -115,10 +118,6 @@ def run_checks(settings: Settings) -> list[Check]:
     checks.extend(_probe_bridge(settings))
     checks.extend(_probe_engine(settings, engine) for engine in ("docker", "podman"))
     return checks
-
-
-SLOW_MIGRATION_MS = 2.0
-"""A cgroup migration after a pause slower than this waits for an RCU grace period."""
 
 
 def migration_check(delay_ms: float, root: Path = Path("/sys/fs/cgroup")) -> Check:

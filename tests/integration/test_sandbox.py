@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -143,7 +144,13 @@ def test_no_cgroup_is_left_after_runs(sandbox: BwrapSandbox, workspace: Path) ->
 
 def test_the_migration_probe_moves_a_real_process_and_leaves_no_group(sandbox: BwrapSandbox) -> None:
     require_root()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = sandbox.driver.group(f"probe-{gone.pid}")  # what a killed doctor left
+    assert stale.pids is not None
+    stale.pids.mkdir(parents=True)
     delay = migration_ms(sandbox.driver, idle=0.02, samples=2)
+    assert not stale.pids.exists()
     assert delay is not None
     assert 0 < delay < 1000
     probe = sandbox.driver.group(f"probe-{os.getpid()}")

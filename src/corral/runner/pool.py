@@ -12,8 +12,6 @@ interrupts them; their logs and checkouts stay.
 
 from __future__ import annotations
 
-import errno
-import os
 import socket
 import threading
 import time
@@ -26,6 +24,7 @@ from corral.errors import ConflictError, CorralError, UsageError
 from corral.jobs.models import ENDED, TERMINAL, Job, JobOptions, JobResult, JobState, utc_now
 from corral.runner.heartbeat import HEARTBEAT
 from corral.runner.job import JobDirs, JobRunner, default_owner
+from corral.sandbox.process import pid_alive
 
 if TYPE_CHECKING:
     from corral.jobs.store import JobStore
@@ -306,14 +305,6 @@ def owner_is_dead(
     if host == hostname and pid.isdigit() and not alive(int(pid)):
         return True
     return job.heartbeat_at is None or now - job.heartbeat_at > timedelta(seconds=STALE_BEATS * heartbeat)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError as err:
-        return err.errno == errno.EPERM
-    return True
 
 
 def recover(

@@ -26,12 +26,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from corral.sandbox.process import pid_alive
 from corral.sandbox.spec import Limits
 
 __all__ = ["Cgroup", "CgroupDriver", "detect", "migration_ms", "parse_proc_cgroup"]
 
 CPU_PERIOD_US = 100_000
 V2_CONTROLLERS = ("memory", "pids", "cpu")
+PROBE = "probe-"
+"""The name of ``migration_ms``'s group, before the prober's pid (sandbox groups are ``s<slot>``)."""
 
 
 def parse_proc_cgroup(text: str) -> dict[str, str]:
@@ -267,14 +270,17 @@ def migration_ms(driver: CgroupDriver, *, idle: float = 0.1, samples: int = 3) -
     """
     if not driver.available:
         return None
-    group = driver.group(f"probe-{os.getpid()}")
+    for name in list(driver.leftovers()):  # the probe of a doctor that was killed
+        if name.startswith(PROBE) and name[len(PROBE) :].isdigit() and not pid_alive(int(name[len(PROBE) :])):
+            driver.group(name).remove()
+    group = driver.group(f"{PROBE}{os.getpid()}")
     directory = group.pids or group.memory
     assert directory is not None
     times: list[float] = []
     try:
         directory.mkdir(parents=True, exist_ok=True)
         for _ in range(samples):
-            with subprocess.Popen(["sleep", "30"], stdin=subprocess.DEVNULL) as child:
+            with subprocess.Popen(["sleep", "10"], stdin=subprocess.DEVNULL) as child:
                 try:
                     time.sleep(idle)
                     started = time.perf_counter()

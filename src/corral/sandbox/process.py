@@ -8,6 +8,7 @@ the async service runs it in a worker thread (the thread that spawns bwrap outli
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import selectors
 import signal
@@ -19,7 +20,7 @@ from typing import Any
 
 from corral.sandbox import spawner
 
-__all__ = ["OutputSink", "Supervised", "TailBuffer"]
+__all__ = ["OutputSink", "Supervised", "TailBuffer", "pid_alive"]
 
 OutputSink = Callable[[str, bytes], None]
 """Called with ``("stdout" | "stderr", chunk)`` as output arrives."""
@@ -165,3 +166,12 @@ class Supervised:
             for pipe in (self.popen.stdout, self.popen.stderr):
                 if pipe is not None:
                     pipe.close()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except OSError as err:
+        return err.errno == errno.EPERM
+    return True
