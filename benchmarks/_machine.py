@@ -10,19 +10,16 @@ only reliable way to know which case a run measured is to time it.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import errno
 import os
 import platform
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["describe", "machine_info", "migration_probe"]
+__all__ = ["describe", "machine_info"]
 
 
 def _read(path: str) -> str:
@@ -84,7 +81,7 @@ def machine_info() -> dict[str, Any]:
         "user": f"uid {os.geteuid()}",
         "cgroups": _cgroup_mode(),
         "loadavg": " ".join(_read("/proc/loadavg").split()[:3]),
-        "cgroup_migration_after_idle_ms": _rounded(migration_probe()),
+        "cgroup_migration_after_idle_ms": _rounded(_migration_ms()),
     }
 
 
@@ -113,61 +110,12 @@ def describe(info: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _probe_dir() -> Path | None:
-    """A scratch group next to this process's own, in a hierarchy where moving a process is plain."""
-    root = Path("/sys/fs/cgroup")
-    own: dict[str, str] = {}
-    for line in _read("/proc/self/cgroup").splitlines():
-        _, controllers, path = line.split(":", 2)
-        for controller in controllers.split(",") if controllers else [""]:
-            own[controller] = path
-    if (root / "pids").is_dir() and "pids" in own:  # v1
-        return root / "pids" / own["pids"].lstrip("/") / "corral-bench-probe"
-    if (root / "unified").is_dir() and "" in own:  # hybrid: a v2 tree without controllers
-        return root / "unified" / own[""].lstrip("/") / "corral-bench-probe"
-    return None  # pure v2: a child of our own group may not take processes (no internal processes)
-
-
-def migration_probe(idle: float = 0.1, samples: int = 3) -> float | None:
-    """Median milliseconds of one cgroup migration after ``idle`` seconds without one; ``None`` if impossible."""
-    if os.geteuid() != 0:
-        return None
-    directory = _probe_dir()
-    if directory is None:
-        return None
-    try:
-        directory.mkdir(exist_ok=True)
-    except OSError:
-        return None
-    child = subprocess.Popen(["sleep", "30"])
-    timings: list[float] = []
-    try:
-        procs = directory / "cgroup.procs"
-        home = directory.parent / "cgroup.procs"
-        for _ in range(samples):
-            time.sleep(idle)
-            start = time.perf_counter()
-            procs.write_text(str(child.pid))
-            timings.append(time.perf_counter() - start)
-            home.write_text(str(child.pid))
-    except OSError:
-        return None
-    finally:
-        child.kill()
-        child.wait()
-        for _ in range(200):
-            try:
-                directory.rmdir()
-                break
-            except OSError as err:
-                if err.errno != errno.EBUSY:
-                    break
-                time.sleep(0.005)
-        with contextlib.suppress(OSError):
-            directory.rmdir()
-    timings.sort()
-    return timings[len(timings) // 2] * 1000
-
-
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
+
+
+def _migration_ms() -> float | None:
+    """``corral doctor``'s probe: one cgroup migration after 100 ms idle, in ms (``None`` without cgroups)."""
+    from corral.sandbox import cgroups
+
+    return cgroups.migration_ms(cgroups.detect())

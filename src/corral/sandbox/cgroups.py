@@ -271,7 +271,8 @@ def migration_ms(driver: CgroupDriver, *, idle: float = 0.1, samples: int = 3) -
     if not driver.available:
         return None
     for name in list(driver.leftovers()):  # the probe of a doctor that was killed
-        if name.startswith(PROBE) and name[len(PROBE) :].isdigit() and not pid_alive(int(name[len(PROBE) :])):
+        pid = name.removeprefix(PROBE)
+        if name.startswith(PROBE) and pid.isdigit() and not pid_alive(int(pid)):
             driver.group(name).remove()
     group = driver.group(f"{PROBE}{os.getpid()}")
     directory = group.pids or group.memory
