@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, event
 import corral.jobs
 from corral.errors import ConflictError, NotFoundError, SettingsError, UsageError
 from corral.jobs.models import Job, JobOptions, JobResult, JobState, Usage, new_job
-from corral.jobs.sql import HEAD_REVISION, Base, SqlJobStore
+from corral.jobs.sql import HEAD_REVISION, Base, SqlJobStore, _wal
 from corral.jobs.store import JobStore, open_store
 from corral.settings import Settings
 
@@ -438,6 +438,55 @@ def test_update_and_events_refuse_bad_arguments(store: JobStore) -> None:
         store.append_event(job.id, "", "x")
     assert store.get(job.id) == job
     assert store.events(job.id) == []
+
+
+def test_opening_a_store_while_another_connection_writes_its_new_file_waits_for_it(settings: Settings) -> None:
+    """Switching a new database to WAL takes an exclusive lock, and SQLite answers "locked" at once,
+    without waiting, while another connection holds the write lock (as when two processes create
+    the store together); the opener tries again until the writer is done."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    writer = sqlite3.connect(settings.home / "corral.db", isolation_level=None, check_same_thread=False)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("CREATE TABLE another_writer (x)")
+    done = threading.Timer(0.3, writer.execute, ("COMMIT",))
+    done.start()
+    started = time.perf_counter()
+    try:
+        store = open_store(settings)
+    finally:
+        done.join()
+        writer.close()
+    waited = time.perf_counter() - started
+    store.close()
+    assert waited >= 0.25
+    check = sqlite3.connect(settings.home / "corral.db")
+    assert check.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    check.close()
+
+
+def test_a_locked_switch_to_wal_is_tried_again_and_any_other_error_is_not() -> None:
+    class Cursor:
+        def __init__(self, *errors: sqlite3.OperationalError) -> None:
+            self.errors = list(errors)
+            self.calls = 0
+
+        def execute(self, _sql: str) -> None:
+            self.calls += 1
+            if self.errors:
+                raise self.errors.pop(0)
+
+    def error(message: str, code: int) -> sqlite3.OperationalError:
+        err = sqlite3.OperationalError(message)
+        err.sqlite_errorcode = code  # type: ignore[attr-defined]
+        return err
+
+    locked = Cursor(error("database is locked", sqlite3.SQLITE_BUSY), error("database is locked", sqlite3.SQLITE_BUSY))
+    _wal(locked)
+    assert locked.calls == 3
+    broken = Cursor(error("disk I/O error", sqlite3.SQLITE_IOERR))
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        _wal(broken)
+    assert broken.calls == 1
 
 
 def test_an_append_and_a_read_are_one_statement_each_on_sqlite(store: JobStore) -> None:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import builtins
 import contextlib
 import json
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -189,6 +191,22 @@ def _not_found(job_id: str) -> NotFoundError:
     return NotFoundError(f"No job has the id {job_id!r}; `corral jobs list` shows the jobs.")
 
 
+def _wal(cursor: Any) -> None:
+    """Put the database in WAL mode (the file keeps it). The switch takes an exclusive lock, and
+    SQLite answers "locked" at once, without its busy handler, while another connection holds the
+    write lock (as when two processes create a new store together); so a locked switch is tried
+    again, within ``BUSY_TIMEOUT_MS``."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if getattr(err, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _sqlite_setup(engine: Engine) -> None:
     """WAL, a busy timeout, foreign keys, and transactions that corral begins itself."""
 
@@ -196,7 +214,9 @@ def _sqlite_setup(engine: Engine) -> None:
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # pysqlite must not begin or commit on its own
         cursor = dbapi_connection.cursor()
-        for pragma in (f"busy_timeout={BUSY_TIMEOUT_MS}", "journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        _wal(cursor)
+        for pragma in ("synchronous=NORMAL", "foreign_keys=ON"):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
